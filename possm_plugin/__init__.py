@@ -1,0 +1,1 @@
+"""possm-plugin: real-time neural decoding with POSSM."""

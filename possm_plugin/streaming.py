@@ -1,0 +1,419 @@
+"""The streaming decoder: owns a POSSM and its recurrent state, turns spike events into one
+prediction per chunk, and never reprocesses the past.
+
+It knows nothing of I/O: adapters push events (channel index, time) and advance a watermark (the
+time up to which a stream is complete); every chunk whose end the watermark has passed is tokenized
+with the same code as training (:func:`possm_plugin.tokenize.tokenize`) and decoded with one O(1)
+``model.step``. Several streams can be decoded in one batched step.
+
+Bad input never raises from ``push``/``advance``: NaN or inf times, unknown channels, events older
+than a chunk already decoded (late), exact duplicates, events too far in the future and oversized
+chunks are dropped and counted in :class:`DecoderStats` (and logged, rate-limited).
+
+Gaps: if a stream's watermark jumps more than ``max_gap`` seconds past its last decoded chunk (the
+source vanished and came back), the stream's state is reset and its chunk grid re-anchored at the
+first chunk after the gap; the skipped chunks are counted in ``chunks_skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .errors import ConfigError, UnknownUnitError
+from .io import Prediction
+from .model import POSSM
+from .tokenize import tokenize
+
+__all__ = ["StreamingDecoder", "DecoderStats"]
+
+log = logging.getLogger("possm_plugin.streaming")
+
+
+@dataclass
+class DecoderStats:
+    """Counters and latency samples of a decoder (all streams together)."""
+
+    chunks_decoded: int = 0
+    chunks_skipped: int = 0
+    chunks_oversized: int = 0
+    spikes_in: int = 0
+    spikes_decoded: int = 0
+    spikes_late: int = 0
+    spikes_invalid: int = 0
+    spikes_unknown: int = 0
+    spikes_duplicate: int = 0
+    spikes_future: int = 0
+    spikes_truncated: int = 0
+    resets: int = 0
+    compute_ms: list[float] = field(default_factory=list)
+    publish_ms: list[float] = field(default_factory=list)
+
+    @property
+    def spikes_dropped(self) -> int:
+        return (
+            self.spikes_late + self.spikes_invalid + self.spikes_unknown + self.spikes_duplicate
+            + self.spikes_future + self.spikes_truncated
+        )
+
+    def summary(self) -> dict:
+        def pct(xs: list[float]) -> dict:
+            if not xs:
+                return {"n": 0, "p50": None, "p99": None, "max": None}
+            a = np.asarray(xs)
+            return {"n": len(a), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+        return {
+            "chunks_decoded": self.chunks_decoded,
+            "chunks_skipped": self.chunks_skipped,
+            "chunks_oversized": self.chunks_oversized,
+            "spikes_in": self.spikes_in,
+            "spikes_decoded": self.spikes_decoded,
+            "spikes_dropped": self.spikes_dropped,
+            "spikes_late": self.spikes_late,
+            "spikes_invalid": self.spikes_invalid,
+            "spikes_unknown": self.spikes_unknown,
+            "spikes_duplicate": self.spikes_duplicate,
+            "spikes_future": self.spikes_future,
+            "spikes_truncated": self.spikes_truncated,
+            "resets": self.resets,
+            "compute_ms": pct(self.compute_ms),
+            "publish_ms": pct(self.publish_ms),
+        }
+
+
+class _Stream:
+    """Per-stream buffer and chunk grid."""
+
+    __slots__ = ("t0", "next_chunk", "rows", "times", "session_row", "last_watermark")
+
+    def __init__(self, session_row: int) -> None:
+        self.t0: float | None = None
+        self.next_chunk = 0
+        self.rows = np.zeros(0, np.int64)
+        self.times = np.zeros(0, np.float64)
+        self.session_row = session_row
+        self.last_watermark: float | None = None
+
+
+class StreamingDecoder:
+    """Decode spike streams chunk by chunk.
+
+    Args:
+        model: a POSSM (moved to ``device`` and put in eval mode).
+        session: a session id the model knows (its embedding is used as the output query); default:
+            the checkpoint's default session, else the model's first.
+        unit_ids: the unit id of each input channel, in channel order; default: the session's units.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        n_streams: independent streams decoded in one batched step (same channels and session).
+        t0: start of the chunk grid (source clock); default: the first event's or watermark's time.
+        max_gap: seconds of missing watermark after which a stream is reset and re-anchored.
+        max_future: events later than the watermark by more than this are dropped.
+        max_tokens: spikes kept per chunk (default: the model's ``max_tokens_per_chunk``).
+        max_latency_samples: latency samples kept (a ring of the most recent).
+    """
+
+    def __init__(
+        self,
+        model: POSSM,
+        *,
+        session: str | None = None,
+        unit_ids: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+        n_streams: int = 1,
+        t0: float | None = None,
+        max_gap: float = 1.0,
+        max_future: float = 5.0,
+        max_tokens: int | None = None,
+        max_latency_samples: int = 100_000,
+        default_session: str | None = None,
+    ) -> None:
+        if n_streams < 1:
+            raise ConfigError(f"n_streams must be >= 1, got {n_streams}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={str(device)!r} asked for CUDA but torch sees no GPU; use --device cpu")
+        self.model = model.to(self.device).eval()
+        cfg = model.config
+        self.chunk_width, self.chunk_step = float(cfg.chunk_width), float(cfg.chunk_step)
+        self.output_names = list(cfg.output_names) if cfg.readout == "regression" else [f"class{i}" for i in range(cfg.output_dim)]
+        self.max_gap, self.max_future = float(max_gap), float(max_future)
+        self.max_tokens = int(max_tokens or cfg.max_tokens_per_chunk)
+        self._max_lat = int(max_latency_samples)
+        sessions = model.session_vocab.ids
+        if session is None:
+            session = default_session or (sessions[0] if sessions else None)
+        if session is None:
+            raise ConfigError("the model knows no session; calibrate one first (possm finetune --mode ui)")
+        self.session = session
+        session_row = int(model.session_vocab.index(session))
+        if unit_ids is None:
+            unit_ids = model.session_units.get(session)
+            if unit_ids is None:
+                raise ConfigError(f"session {session!r} has no unit list in the checkpoint; pass unit_ids")
+        self.unit_ids = list(unit_ids)
+        self._channel_rows = torch.as_tensor(model.unit_vocab.lookup(self.unit_ids))  # raises UnknownUnitError
+        self._channel_rows_np = self._channel_rows.numpy()
+        self._session = torch.full((n_streams,), session_row, dtype=torch.long, device=self.device)
+        self._t0 = t0
+        self.streams = [_Stream(session_row) for _ in range(n_streams)]
+        self.stats = DecoderStats()
+        self._state = model.initial_state(n_streams, device=self.device)
+        self._warned: dict[str, float] = {}
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path=None, **kwargs) -> "StreamingDecoder":
+        """Load a checkpoint (None: the bundled default) and wrap it."""
+        model, doc = load_checkpoint(path)
+        kwargs.setdefault("default_session", doc.get("default_session"))
+        dec = cls(model, **kwargs)
+        dec.checkpoint_doc = doc
+        return dec
+
+    @staticmethod
+    def check_units(model: POSSM, unit_ids: Sequence[str]) -> list[str]:
+        """The ids among ``unit_ids`` that ``model`` does not know (empty if all are known)."""
+        return [u for u in unit_ids if u not in model.unit_vocab]
+
+    @property
+    def n_streams(self) -> int:
+        return len(self.streams)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.unit_ids)
+
+    def t0(self, stream: int = 0) -> float | None:
+        return self.streams[stream].t0
+
+    # -- state -----------------------------------------------------------------------------
+    def reset(self, stream: int | None = None) -> None:
+        """Forget the recurrent state and buffered events of one stream (or all); the grid is
+        re-anchored at the next event or watermark."""
+        idx = range(self.n_streams) if stream is None else [stream]
+        fresh = self.model.initial_state(1, device=self.device)
+        with torch.no_grad():
+            for i in idx:
+                for s, f in zip(self._state, fresh):
+                    s[i] = f[0]
+                st = self.streams[i]
+                self.streams[i] = _Stream(st.session_row)
+        self.stats.resets += 1
+
+    def _warn(self, key: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -math.inf) > 5.0:
+            self._warned[key] = now
+            log.warning(msg, *args)
+
+    # -- input -----------------------------------------------------------------------------
+    def push(self, channels: np.ndarray, times: np.ndarray, *, stream: int = 0) -> int:
+        """Buffer events (channel indices, times on the source clock); returns how many were kept."""
+        ch = np.asarray(channels).reshape(-1)
+        tt = np.asarray(times).reshape(-1)
+        n = len(tt)
+        self.stats.spikes_in += n
+        if len(ch) != n:
+            self.stats.spikes_invalid += n
+            self._warn("shape", "dropped %d events: %d channels for %d times", n, len(ch), n)
+            return 0
+        if n == 0:
+            return 0
+        st = self.streams[stream]
+        try:
+            tt = tt.astype(np.float64, copy=False)
+            chf = ch.astype(np.float64, copy=False)
+        except (TypeError, ValueError):
+            self.stats.spikes_invalid += n
+            self._warn("dtype", "dropped %d events with non-numeric channels or times", n)
+            return 0
+        ok = np.isfinite(tt) & np.isfinite(chf)
+        bad = int(n - ok.sum())
+        if bad:
+            self.stats.spikes_invalid += bad
+            self._warn("nan", "dropped %d events with NaN/inf time or channel", bad)
+        chi = np.where(ok, chf, -1).astype(np.int64)
+        known = ok & (chi >= 0) & (chi < self.n_channels) & (chf == np.floor(chf))
+        unknown = int(ok.sum() - known.sum())
+        if unknown:
+            self.stats.spikes_unknown += unknown
+            self._warn("unknown", "dropped %d events on channels outside 0..%d", unknown, self.n_channels - 1)
+        chi, tt = chi[known], tt[known]
+        if st.t0 is None and self._t0 is None and len(tt):
+            st.t0 = float(tt.min())
+        elif st.t0 is None and self._t0 is not None:
+            st.t0 = float(self._t0)
+        if st.t0 is not None and len(tt):
+            next_start = st.t0 + st.next_chunk * self.chunk_step
+            late = tt < next_start
+            n_late = int(late.sum())
+            if n_late:
+                self.stats.spikes_late += n_late
+                self._warn("late", "dropped %d late events (older than the last decoded chunk)", n_late)
+                chi, tt = chi[~late], tt[~late]
+            if st.last_watermark is not None:
+                fut = tt > st.last_watermark + self.max_future
+                n_fut = int(fut.sum())
+                if n_fut:
+                    self.stats.spikes_future += n_fut
+                    self._warn("future", "dropped %d events more than %.1f s ahead of the stream", n_fut, self.max_future)
+                    chi, tt = chi[~fut], tt[~fut]
+        if not len(tt):
+            return 0
+        rows = self._channel_rows_np[chi]
+        rows_all = np.concatenate([st.rows, rows])
+        times_all = np.concatenate([st.times, tt])
+        order = np.lexsort((rows_all, times_all))  # by time, then unit
+        rows_all, times_all = rows_all[order], times_all[order]
+        dup = np.zeros(len(times_all), bool)
+        dup[1:] = (times_all[1:] == times_all[:-1]) & (rows_all[1:] == rows_all[:-1])
+        n_dup = int(dup.sum())
+        if n_dup:
+            self.stats.spikes_duplicate += n_dup
+            self._warn("dup", "dropped %d duplicated events (same unit, same time)", n_dup)
+            rows_all, times_all = rows_all[~dup], times_all[~dup]
+        st.rows, st.times = rows_all, times_all
+        return len(tt) - n_dup
+
+    # -- decoding --------------------------------------------------------------------------
+    def ready(self, watermark: float, *, stream: int = 0) -> int:
+        """How many chunks of ``stream`` a watermark would complete."""
+        st = self.streams[stream]
+        if st.t0 is None:
+            return 0
+        end0 = st.t0 + st.next_chunk * self.chunk_step + self.chunk_width
+        if watermark < end0:
+            return 0
+        return int(math.floor((watermark - end0) / self.chunk_step + 1e-9)) + 1
+
+    def advance(self, watermark: float | None, *, stream: int = 0) -> list[Prediction]:
+        """Decode every chunk of ``stream`` that ends at or before ``watermark``."""
+        return self.advance_many({stream: watermark})
+
+    def advance_many(self, watermarks: dict[int, float | None]) -> list[Prediction]:
+        """Decode ready chunks of several streams, batching streams that are ready together."""
+        pending: dict[int, int] = {}
+        for s, wm in watermarks.items():
+            if wm is None or not math.isfinite(wm):
+                continue
+            st = self.streams[s]
+            if st.t0 is None:
+                st.t0 = float(self._t0) if self._t0 is not None else float(wm)
+            if st.last_watermark is None or wm > st.last_watermark:
+                st.last_watermark = wm
+            last_end = st.t0 + st.next_chunk * self.chunk_step  # start of the next chunk
+            if wm - last_end > self.max_gap + self.chunk_width and st.next_chunk > 0:
+                n_ready = self.ready(wm, stream=s)
+                self._warn("gap", "stream %d: %.2f s without data; state reset, %d chunks skipped", s, wm - last_end, n_ready)
+                self.stats.chunks_skipped += n_ready
+                self._reset_state(s)
+                st.next_chunk += n_ready
+                keep = st.times >= st.t0 + st.next_chunk * self.chunk_step
+                st.rows, st.times = st.rows[keep], st.times[keep]
+                continue
+            n = self.ready(wm, stream=s)
+            if n:
+                pending[s] = n
+        out: list[Prediction] = []
+        while pending:
+            batch = sorted(pending)
+            out.extend(self._decode(batch))
+            for s in batch:
+                pending[s] -= 1
+                if pending[s] == 0:
+                    del pending[s]
+        return out
+
+    def _reset_state(self, s: int) -> None:
+        fresh = self.model.initial_state(1, device=self.device)
+        with torch.no_grad():
+            for x, f in zip(self._state, fresh):
+                x[s] = f[0]
+        self.stats.resets += 1
+
+    def _decode(self, streams: list[int]) -> list[Prediction]:
+        """Decode the next chunk of each stream in ``streams`` in one batched step."""
+        chunks, spans = [], []
+        for s in streams:
+            st = self.streams[s]
+            start = st.t0 + st.next_chunk * self.chunk_step
+            end = start + self.chunk_width
+            hi = np.searchsorted(st.times, end, side="left")
+            c = tokenize(st.rows[:hi], st.times[:hi], starts=np.array([start]), width=self.chunk_width, max_tokens=self.max_tokens)
+            if c.dropped:
+                self.stats.chunks_oversized += 1
+                self.stats.spikes_truncated += c.dropped
+                self._warn("oversize", "chunk with %d spikes truncated to %d", int(c.counts[0]) + c.dropped, self.max_tokens)
+            nxt = start + self.chunk_step
+            lo = np.searchsorted(st.times, nxt, side="left")
+            st.rows, st.times = st.rows[lo:], st.times[lo:]
+            chunks.append(c)
+            spans.append((s, st.next_chunk, start, end, int(c.counts[0])))
+            st.next_chunk += 1
+        width = max(c.units.shape[1] for c in chunks)
+        b = len(streams)
+        units = torch.zeros(b, width, dtype=torch.long)
+        rel = torch.zeros(b, width)
+        mask = torch.zeros(b, width, dtype=torch.bool)
+        for i, c in enumerate(chunks):
+            w = c.units.shape[1]
+            units[i, :w] = torch.from_numpy(c.units[0])
+            rel[i, :w] = torch.from_numpy(c.times[0])
+            mask[i, :w] = torch.from_numpy(c.mask[0])
+        t_start = time.perf_counter()
+        idx = torch.as_tensor(streams, device=self.device)
+        full = len(streams) == self.n_streams
+        with torch.inference_mode():
+            state = self._state if full else tuple(x.index_select(0, idx) for x in self._state)
+            out, new = self.model.step(
+                units.to(self.device), rel.to(self.device), mask.to(self.device),
+                self._session if full else self._session.index_select(0, idx), state,
+            )
+            if full:
+                self._state = new
+            else:
+                for x, y in zip(self._state, new):
+                    x.index_copy_(0, idx, y)
+            values = (out * self.model.config.target_scale if self.model.config.readout == "regression" else out).float().cpu().numpy()
+        ms = (time.perf_counter() - t_start) * 1e3
+        self._record(self.stats.compute_ms, ms)
+        self.stats.chunks_decoded += b
+        preds = []
+        for i, (s, k, start, end, n_sp) in enumerate(spans):
+            self.stats.spikes_decoded += n_sp
+            preds.append(Prediction(values=values[i], t_start=start, t_end=end, chunk_index=k, stream=s, compute_ms=ms, n_spikes=n_sp))
+        return preds
+
+    def _record(self, xs: list[float], v: float) -> None:
+        xs.append(v)
+        if len(xs) > self._max_lat:
+            del xs[: len(xs) - self._max_lat]
+
+    def record_publish_latency(self, ms: float) -> None:
+        """Adapters report chunk-end -> publish time here."""
+        self._record(self.stats.publish_ms, ms)
+
+    # -- offline twin ------------------------------------------------------------------------
+    def decode_offline(self, channels: np.ndarray, times: np.ndarray, *, t0: float, n_chunks: int) -> np.ndarray:
+        """The batched forward on the same spikes and grid (for checking streaming == offline).
+        Returns (n_chunks, C) in the same units as :class:`Prediction` values."""
+        from .tokenize import chunk_starts, collate
+
+        ch = np.asarray(channels, dtype=np.int64)
+        rows = self._channel_rows_np[ch]
+        c = tokenize(rows, np.asarray(times, np.float64), starts=chunk_starts(t0, n_chunks, self.chunk_step), width=self.chunk_width, max_tokens=self.max_tokens)
+        bt = collate([c], device=self.device)
+        with torch.inference_mode():
+            out, _ = self.model(bt["units"], bt["times"], bt["mask"], self._session[:1])
+        out = out[0]
+        if self.model.config.readout == "regression":
+            out = out * self.model.config.target_scale
+        return out.float().cpu().numpy()
