@@ -76,11 +76,16 @@ class POSSM(nn.Module):
         self.readout = nn.Linear(d, n_out)
 
         k = c.context_chunks
-        # constant angles: latent queries at the chunk centre; output keys at -(k-1-i)*step; query at 0
-        self.register_buffer("_latent_angles", self.rotary(torch.full((c.num_latents,), c.chunk_width / 2)), persistent=False)
-        key_t = -c.chunk_step * torch.arange(k - 1, -1, -1, dtype=torch.float32)
-        self.register_buffer("_ctx_angles", self.rotary(key_t), persistent=False)
-        self.register_buffer("_query_angles", self.rotary(torch.zeros(1)), persistent=False)
+        # constant rotations: latent queries at the chunk centre; output keys at -(k-1-i)*step; query at 0
+        for name, t in (
+            ("_latent_rot", torch.full((c.num_latents,), c.chunk_width / 2)),
+            ("_ctx_rot", -c.chunk_step * torch.arange(k - 1, -1, -1, dtype=torch.float32)),
+            ("_query_rot", torch.zeros(1)),
+        ):
+            cos, sin = self.rotary(t)
+            self.register_buffer(name + "_cos", cos.unsqueeze(0), persistent=False)
+            self.register_buffer(name + "_sin", sin.unsqueeze(0), persistent=False)
+        self._kv_cache: tuple[tuple, torch.Tensor] | None = None
 
     # -- vocabularies ------------------------------------------------------------------------
     @property
@@ -113,13 +118,28 @@ class POSSM(nn.Module):
         self.session_units = {s: u for s, u in self.session_units.items() if set(u) <= keep}
 
     # -- the pieces ----------------------------------------------------------------------------
+    def unit_kv_table(self) -> torch.Tensor:
+        """Keys/values of every unit (V, 2*H*d). A token is its unit's embedding, so its key and value
+        (before rotation by its time) depend on the unit only: project the vocabulary once and gather.
+        Cached while gradients are off and the embedding and projection weights are unchanged."""
+        w = self.unit_emb.weight
+        if torch.is_grad_enabled():
+            return self.enc_atn.project_context(w)
+        norm = self.enc_atn.norm_ctx
+        key = (w.data_ptr(), w._version, self.enc_atn.to_kv.weight._version, norm.weight._version, norm.bias._version)
+        if self._kv_cache is None or self._kv_cache[0] != key:
+            self._kv_cache = (key, self.enc_atn.project_context(w))
+        return self._kv_cache[1]
+
     def encode(self, units: torch.Tensor, times: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Tokens of chunks (B, T, N) -> backbone inputs (B, T, L*D)."""
         b, t, n = units.shape
-        tokens = self.unit_emb(units.reshape(b * t, n))
-        k_ang = self.rotary(times.reshape(b * t, n))
+        kv = self.unit_kv_table()[units.reshape(b * t, n)]
+        k_rot = self.rotary(times.reshape(b * t, n))
         lat = self.latent_emb.unsqueeze(0).expand(b * t, -1, -1)
-        x = lat + self.enc_atn(lat, tokens, self._latent_angles.unsqueeze(0), k_ang, mask.reshape(b * t, n))
+        x = lat + self.enc_atn(
+            lat, None, (self._latent_rot_cos, self._latent_rot_sin), k_rot, mask.reshape(b * t, n), kv=kv
+        )
         x = x + self.enc_ffn(x)
         return x.reshape(b, t, -1)
 
@@ -130,8 +150,8 @@ class POSSM(nn.Module):
         q = (self.session_emb(session) + self.task_emb).reshape(b, 1, 1, -1).expand(b, t, 1, -1)
         q = q.reshape(b * t, 1, -1)
         x = q + self.dec_atn(
-            q, ctx.reshape(b * t, k, h), self._query_angles.unsqueeze(0), self._ctx_angles.unsqueeze(0),
-            ctx_mask.reshape(b * t, k),
+            q, ctx.reshape(b * t, k, h), (self._query_rot_cos, self._query_rot_sin),
+            (self._ctx_rot_cos, self._ctx_rot_sin), ctx_mask.reshape(b * t, k),
         )
         x = x + self.dec_ffn(x)
         return self.readout(x).reshape(b, t, -1)

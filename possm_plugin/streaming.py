@@ -200,7 +200,7 @@ class StreamingDecoder:
         re-anchored at the next event or watermark."""
         idx = range(self.n_streams) if stream is None else [stream]
         fresh = self.model.initial_state(1, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():  # the state holds inference tensors (made by _decode)
             for i in idx:
                 for s, f in zip(self._state, fresh):
                     s[i] = f[0]
@@ -334,7 +334,7 @@ class StreamingDecoder:
 
     def _reset_state(self, s: int) -> None:
         fresh = self.model.initial_state(1, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():  # the state holds inference tensors (made by _decode)
             for x, f in zip(self._state, fresh):
                 x[s] = f[0]
         self.stats.resets += 1

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rotary
+from .rope import Rotation, apply_rotary
 
 __all__ = ["RotaryCrossAttention"]
 
@@ -42,43 +42,54 @@ class RotaryCrossAttention(nn.Module):
         self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
+    def project_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Keys and values of a context (..., E) -> (..., 2*H*d). Row-wise, so a table of
+        per-unit contexts can be projected once and gathered per token."""
+        return self.to_kv(self.norm_ctx(context))
+
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor,
-        q_angles: torch.Tensor,
-        k_angles: torch.Tensor,
+        context: torch.Tensor | None,
+        q_rot: Rotation,
+        k_rot: Rotation,
         mask: torch.Tensor | None = None,
+        *,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend.
 
         Args:
             x: queries (B, Q, D).
-            context: keys/values (B, K, E).
-            q_angles: rotary angles of the query times (B, Q, d) or (1, Q, d).
-            k_angles: rotary angles of the key times (B, K, d).
+            context: keys/values (B, K, E), or None when ``kv`` is given.
+            q_rot: rotation of the query times, each (B, Q, r) or (1, Q, r).
+            k_rot: rotation of the key times, each (B, K, r).
             mask: (B, K) or (B, Q, K) bool, True where a key may be attended. Every query needs at least one.
+            kv: projected context (B, K, 2*H*d) from :meth:`project_context`.
 
         Returns:
             (B, Q, D), not including the residual.
         """
         b, nq, _ = x.shape
+        if kv is None:
+            kv = self.project_context(context)
         q = self.to_q(self.norm_q(x))
-        k, v = self.to_kv(self.norm_ctx(context)).chunk(2, dim=-1)
+        k, v = kv.chunk(2, dim=-1)
         # (B, H, N, d)
         q = q.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
         k = k.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
         v = v.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
-        qa, ka = q_angles.unsqueeze(1), k_angles.unsqueeze(1)
-        q = apply_rotary(q, qa)
-        k = apply_rotary(k, ka)
-        v = apply_rotary(v, ka)
+        qr = (q_rot[0].unsqueeze(1), q_rot[1].unsqueeze(1))
+        kr = (k_rot[0].unsqueeze(1), k_rot[1].unsqueeze(1))
+        q = apply_rotary(q, qr)
+        k = apply_rotary(k, kr)
+        v = apply_rotary(v, kr)
         attn_mask = None
         if mask is not None:
             attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        out = apply_rotary(out, qa, inverse=True)
+        out = apply_rotary(out, qr, inverse=True)
         out = out.transpose(1, 2).reshape(b, nq, self.heads * self.dim_head)
         return self.to_out(out)

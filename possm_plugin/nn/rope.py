@@ -1,9 +1,9 @@
 """Rotary position embedding of continuous time (as in POYO).
 
-A head of ``head_dim`` features has its first ``rotate_dim`` features rotated pairwise by angles
-``2*pi*t/period_f``, with ``rotate_dim/2`` periods log-spaced from ``t_min`` to ``t_max`` seconds; the
-remaining features are left as they are. Attention between a query at time ``tq`` and a key at time
-``tk`` then depends only on ``tq - tk``.
+A head of ``head_dim`` features has its first ``rotate_dim`` features rotated by angles
+``2*pi*t/period_f``, with ``rotate_dim/2`` periods log-spaced from ``t_min`` to ``t_max`` seconds
+(feature f is paired with feature f + rotate_dim/2); the remaining features are left as they are.
+Attention between a query at time ``tq`` and a key at time ``tk`` then depends only on ``tq - tk``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["RotaryTimeEmbedding", "apply_rotary"]
+__all__ = ["RotaryTimeEmbedding", "apply_rotary", "Rotation"]
+
+Rotation = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (..., rotate_dim/2)
 
 
 class RotaryTimeEmbedding(nn.Module):
-    """Angles for rotary embedding of timestamps.
+    """Rotations for timestamps.
 
     Args:
         head_dim: features per attention head (64 in POSSM).
@@ -38,26 +40,18 @@ class RotaryTimeEmbedding(nn.Module):
         omega = (2 * math.pi / periods).to(torch.float32)
         self.register_buffer("omega", omega, persistent=False)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Angles for times ``t`` of shape (...) -> (..., head_dim); unrotated features get angle 0."""
-        ang = t.to(torch.float32).unsqueeze(-1) * self.omega  # (..., n)
-        ang = ang.repeat_interleave(2, dim=-1)  # (..., rotate_dim)
-        pad = self.head_dim - self.rotate_dim
-        if pad:
-            ang = torch.nn.functional.pad(ang, (0, pad))
-        return ang
+    def forward(self, t: torch.Tensor) -> Rotation:
+        """Rotation (cos, sin) of times ``t`` (...) -> each (..., rotate_dim/2)."""
+        ang = t.to(torch.float32).unsqueeze(-1) * self.omega
+        return ang.cos(), ang.sin()
 
 
-def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
-    x = x.unflatten(-1, (-1, 2))
-    x0, x1 = x.unbind(-1)
-    return torch.stack((-x1, x0), dim=-1).flatten(-2)
-
-
-def apply_rotary(x: torch.Tensor, angles: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
-    """Rotate features of ``x`` (..., head_dim) by ``angles`` (broadcastable), or back if ``inverse``."""
-    cos, sin = angles.cos(), angles.sin()
+def apply_rotary(x: torch.Tensor, rot: Rotation, *, inverse: bool = False) -> torch.Tensor:
+    """Rotate the first ``2 * r`` features of ``x`` (..., d) by ``rot`` (each broadcastable to
+    (..., r)), or rotate them back if ``inverse``."""
+    cos, sin = rot
+    r = cos.shape[-1]
+    x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
     if inverse:
         sin = -sin
-    return x * cos + _rotate_pairs(x) * sin
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)

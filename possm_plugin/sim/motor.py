@@ -28,6 +28,7 @@ from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
 from .spiking import (
     DT_S,
     check_int,
+    check_n_units,
     check_positive,
     check_range,
     check_seed,
@@ -51,18 +52,6 @@ TARGET_SCALE = 20.0
 #: Lead of the latent's onset kick over movement onset, seconds (preparatory activity).
 _PREP_S = 0.15
 _TREMOR_CM_S = 0.3
-
-
-def _check_n_units(n_units) -> int | tuple[int, int] | None:
-    if n_units is None:
-        return None
-    if isinstance(n_units, (tuple, list)):
-        if len(n_units) != 2:
-            raise ConfigError(f"n_units must be an int, a (min, max) pair or None, got {n_units!r}")
-        lo = check_int("n_units[0]", n_units[0], minimum=1)
-        hi = check_int("n_units[1]", n_units[1], minimum=lo)
-        return (lo, hi)
-    return check_int("n_units", n_units, minimum=1)
 
 
 class _Schedule:
@@ -154,7 +143,7 @@ def simulate_motor_session(
     duration_s = check_positive("duration_s", duration_s, minimum=5.0 - 1e-12)
     if paradigm not in PARADIGMS:
         raise ConfigError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
-    n_units = _check_n_units(n_units)
+    n_units = check_n_units(n_units)
     radius = check_positive("center_out_radius_cm", center_out_radius_cm)
     workspace = check_positive("workspace_radius_cm", workspace_radius_cm)
     hold_s = check_range("hold_s", hold_s, minimum=DT_S)

@@ -53,6 +53,7 @@ __all__ = [
     "minimum_jerk",
     "smooth_noise",
     "check_int",
+    "check_n_units",
     "check_seed",
     "check_subject",
     "check_range",
@@ -114,6 +115,19 @@ def check_range(name: str, value, *, minimum: float = 0.0, allow_equal: bool = T
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < minimum or hi < lo or (not allow_equal and hi == lo):
         raise ConfigError(f"{name} must satisfy {minimum} <= low <= high (finite), got {value!r}")
     return lo, hi
+
+
+def check_n_units(n_units) -> int | tuple[int, int] | None:
+    """None, an int >= 1, or a ``(min, max)`` pair of ints; else :class:`ConfigError`."""
+    if n_units is None:
+        return None
+    if isinstance(n_units, (tuple, list)):
+        if len(n_units) != 2:
+            raise ConfigError(f"n_units must be an int, a (min, max) pair or None, got {n_units!r}")
+        lo = check_int("n_units[0]", n_units[0], minimum=1, maximum=POOL_MAX)
+        hi = check_int("n_units[1]", n_units[1], minimum=lo, maximum=POOL_MAX)
+        return (lo, hi)
+    return check_int("n_units", n_units, minimum=1, maximum=POOL_MAX)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +250,7 @@ def make_subject(seed: int, subject: str) -> NeuronPool:
         n_units_range=(n_lo, n_hi),
         pool_size=int(round(n_hi * rng.uniform(1.25, 1.6))),
         base_rate_hz=(float(rng.uniform(3.0, 7.0)), float(rng.uniform(20.0, 32.0))),
-        mod_depth=float(rng.uniform(0.55, 0.8)),
+        mod_depth=float(rng.uniform(0.42, 0.55)),
         speed_gain=float(rng.uniform(0.1, 0.3)),
         lead_s=(float(rng.uniform(0.04, 0.08)), float(rng.uniform(0.12, 0.16))),
         pd_axis_rad=float(rng.uniform(0.0, np.pi)),
@@ -245,9 +259,9 @@ def make_subject(seed: int, subject: str) -> NeuronPool:
         rot_freq_hz=tuple(float(f) for f in rng.uniform(1.2, 2.5, size=n_planes)),
         latent_decay_s=float(rng.uniform(0.15, 0.3)),
         latent_gain=float(rng.uniform(0.25, 0.4)),
-        noise_sd=float(rng.uniform(0.2, 0.3)),
+        noise_sd=float(rng.uniform(0.3, 0.4)),
         noise_tau_s=float(rng.uniform(0.1, 0.3)),
-        shared_noise_sd=float(rng.uniform(0.1, 0.2)),
+        shared_noise_sd=float(rng.uniform(0.15, 0.3)),
         shared_noise_tau_s=float(rng.uniform(0.5, 1.0)),
         drift=float(rng.uniform(0.03, 0.06)),
     )

@@ -1,0 +1,43 @@
+"""``possm evaluate --checkpoint CKPT --data DIR --json``: metrics on held-out trials."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..checkpoint import load_checkpoint
+from ..data import prepare_sessions
+from ..evaluate import evaluate_prepared
+from ..session import load_sessions
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on sessions it knows", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Decodes the held-out trials of each session continuously, as the live decoder does.")
+    p.add_argument("--checkpoint", help="checkpoint (default: the bundled one)")
+    p.add_argument("--data", required=True, help="directory (or .npz file) of sessions")
+    p.add_argument("--split", choices=["valid", "all"], default="valid", help="held-out trials (the last valid-fraction) or all trials")
+    p.add_argument("--valid-fraction", type=float, default=0.2, help="fraction of trials held out at the end of each session")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    model, _ = load_checkpoint(args.checkpoint, map_location=args.device)
+    sessions = load_sessions(args.data)
+    prepared = prepare_sessions(model, sessions, valid_fraction=args.valid_fraction)
+    if args.split == "all":
+        for ps in prepared:
+            import numpy as np
+
+            ps.split["all"] = np.arange(len(ps.session.trials))
+    metrics = evaluate_prepared(model, prepared, split=args.split, device=args.device)
+    metrics["n_sessions"] = len(prepared)
+    metrics["readout"] = model.config.readout
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k}: {v}")
+    return 0

@@ -1,0 +1,52 @@
+"""``possm finetune --checkpoint CKPT --data DIR --mode ui|ft``: adapt a model to new sessions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..finetune import finetune
+from ..session import load_sessions
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("finetune", help="adapt a checkpoint to new sessions (unit identification or full fine-tuning)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", help="checkpoint to start from (default: the bundled one)")
+    p.add_argument("--data", required=True, help="directory (or .npz file) of the new sessions")
+    p.add_argument("--mode", choices=["ui", "ft"], default="ui", help="ui: only new unit/session embeddings; ft: ui, then all")
+    p.add_argument("--epochs", type=int, default=30, help="total epochs")
+    p.add_argument("--ui-epochs", type=int, help="ft: unit-identification epochs before unfreezing (default: half)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of unit identification")
+    p.add_argument("--ft-lr", type=float, help="learning rate once unfrozen (default: lr/10)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per batch")
+    p.add_argument("--train-latents", action="store_true", help="train the latent queries too (changes old sessions)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/finetune", help="output directory; the adapted model is OUT/model.yaml")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    model, doc = load_checkpoint(args.checkpoint)
+    model.train()
+    sessions = load_sessions(args.data)
+    out = Path(args.out)
+    res = finetune(model, sessions, mode=args.mode, epochs=args.epochs, ui_epochs=args.ui_epochs, lr=args.lr, ft_lr=args.ft_lr,
+                   batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, train_latents=args.train_latents,
+                   out_dir=out)
+    path = save_checkpoint(model, out / "model", default_session=sessions[0].session_id,
+                           meta={"finetune": {k: v for k, v in res.items() if k != "history"}, "base": doc.get("meta", {})})
+    summary = {k: v for k, v in res.items() if k != "history"}
+    summary["checkpoint"] = str(path)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        metric = {k: v for k, v in summary.items() if k.startswith("valid_")}
+        print(f"{args.mode}: {summary['new_units']} new units, {summary['trainable_parameters']} trainable parameters "
+              f"({100 * summary['trainable_fraction']:.2f}%), " + ", ".join(f"{k}={v:.4f}" for k, v in metric.items()))
+        print(f"checkpoint: {path}")
+    return 0

@@ -1,0 +1,327 @@
+"""Training: YAML config -> model, windows, optimiser, schedule, validation, checkpoints, resume.
+
+A run directory holds ``best.{yaml,safetensors}`` (best validation metric), ``last.*`` (the latest
+epoch, with ``last.optim.safetensors`` for resuming) and ``metrics.jsonl`` (one JSON line per epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig, preset
+from .data import WindowSampler, prepare_sessions
+from .errors import CheckpointError, ConfigError
+from .evaluate import evaluate_prepared, loss_fn
+from .model import POSSM
+from .optim import Lamb, flat_cosine
+from .session import Session, load_sessions
+
+__all__ = ["TrainConfig", "load_train_config", "build_model", "train", "fit", "primary_metric"]
+
+log = logging.getLogger("possm_plugin.train")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. YAML files have the sections ``model``, ``data``, ``train`` and ``out``.
+
+    ``model`` is either a full :class:`ModelConfig` mapping or ``{preset: small|opossm, backbone: ...,
+    <any ModelConfig field>: override}``.
+    """
+
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "small", "backbone": "gru"})
+    data: str | None = None
+    valid_fraction: float = 0.2
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    flat_fraction: float = 0.5
+    window_chunks: int = 20
+    unit_dropout: float = 0.6
+    phase_weights: dict[str, float] = field(default_factory=lambda: {"other": 1.0, "hold": 0.1, "reach": 5.0})
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int | None = None
+    out: str = "runs/possm"
+    progress: bool = True
+    default_session: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "lamb"):
+            raise ConfigError(f"train config: optimizer={self.optimizer!r} must be 'adamw' or 'lamb'")
+        for name in ("epochs", "batch_size", "window_chunks"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"train config: {name}={v!r} must be a positive integer")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"train config: lr={self.lr!r} must be in (0, 1)")
+        if not 0 < self.unit_dropout <= 1:
+            raise ConfigError(f"train config: unit_dropout={self.unit_dropout!r} is the minimum kept fraction, in (0, 1]")
+        if not 0 < self.valid_fraction < 1:
+            raise ConfigError(f"train config: valid_fraction={self.valid_fraction!r} must be in (0, 1)")
+        unknown = set(self.phase_weights) - {"other", "hold", "reach"}
+        if unknown:
+            raise ConfigError(f"train config: phase_weights has unknown phases {sorted(unknown)}")
+
+    @property
+    def phase_weight_tuple(self) -> tuple[float, float, float]:
+        pw = {"other": 1.0, "hold": 0.1, "reach": 5.0, **self.phase_weights}
+        return (float(pw["other"]), float(pw["hold"]), float(pw["reach"]))
+
+
+def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Read a YAML training config (safe loader; unknown keys rejected); ``overrides`` win."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"training config {str(p)!r} does not exist")
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"training config {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"training config {str(p)!r} must be a mapping with sections model/data/train/out")
+    flat: dict[str, Any] = {}
+    for key, val in doc.items():
+        if key == "train":
+            if not isinstance(val, dict):
+                raise ConfigError("training config: 'train' must be a mapping")
+            flat.update(val)
+        elif key == "data":
+            if isinstance(val, dict):
+                for k, v in val.items():
+                    flat["data" if k == "path" else k] = v
+            else:
+                flat["data"] = val
+        else:
+            flat[key] = val
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise ConfigError(f"training config: unknown key(s) {unknown}; known: {sorted(known)}")
+    try:
+        return TrainConfig(**flat)
+    except TypeError as exc:
+        raise ConfigError(f"training config: {exc}") from None
+
+
+def model_config_from(spec: dict[str, Any], sessions: list[Session]) -> ModelConfig:
+    spec = copy.deepcopy(spec)
+    s0 = sessions[0]
+    derived: dict[str, Any] = {"readout": s0.task}
+    if s0.task == "regression":
+        derived.update(output_dim=len(s0.target_names), output_names=list(s0.target_names), target_scale=s0.target_scale)
+    else:
+        derived.update(output_dim=s0.n_classes, output_names=[f"class{i}" for i in range(s0.n_classes)])
+    if "preset" in spec:
+        size = spec.pop("preset")
+        backbone = spec.pop("backbone", "gru")
+        return preset(size, backbone, **{**derived, **spec})
+    return ModelConfig.from_dict({**derived, **spec})
+
+
+def build_model(spec: dict[str, Any], sessions: list[Session], *, seed: int = 0) -> POSSM:
+    """A fresh POSSM whose vocabularies hold every unit and session of ``sessions``."""
+    tasks = {s.task for s in sessions}
+    if len(tasks) != 1:
+        raise ConfigError(f"all training sessions must share one task, got {sorted(tasks)}")
+    torch.manual_seed(seed)
+    cfg = model_config_from(spec, sessions)
+    units = [u for s in sessions for u in s.unit_ids]
+    return POSSM(cfg, unit_ids=units, session_ids=[s.session_id for s in sessions],
+                 session_units={s.session_id: list(s.unit_ids) for s in sessions})
+
+
+def primary_metric(metrics: dict) -> float:
+    """Higher is better: R2, accuracy, or minus the token error rate."""
+    if "r2" in metrics:
+        return metrics["r2"]
+    if "accuracy" in metrics:
+        return metrics["accuracy"]
+    return -metrics["token_error_rate"]
+
+
+def _save_optim(opt: torch.optim.Optimizer, path: Path, extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors, scalars = {}, {}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    save_file(tensors, str(path), metadata={"extra": json.dumps({**extra, "scalars": scalars})})
+
+
+def _load_optim(opt: torch.optim.Optimizer, path: Path) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            extra = json.loads(f.metadata()["extra"])
+    except Exception as exc:  # noqa: BLE001 - any failure means the resume file is unusable
+        raise CheckpointError(f"optimizer state {str(path)!r} is unreadable ({exc})") from None
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in [*tensors.items(), *extra.get("scalars", {}).items()]:
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return extra
+
+
+def fit(
+    model: POSSM,
+    train_sessions: list[Session],
+    *,
+    cfg: TrainConfig,
+    params: list[torch.nn.Parameter] | None = None,
+    valid_sessions: list[Session] | None = None,
+    out_dir: Path | None = None,
+    start_epoch: int = 0,
+    optim_state: Path | None = None,
+    on_epoch=None,
+) -> dict:
+    """Train ``params`` (default: all) of ``model`` on the sessions; returns the best metrics and
+    leaves the model at the weights of its best validation epoch.
+
+    Validation uses the held-out trials (``cfg.valid_fraction`` at the end of each session) of the
+    training sessions, or ``valid_sessions`` if given. With ``out_dir`` checkpoints and metrics are
+    written there.
+    """
+    device = torch.device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model.to(device)
+    prepared = prepare_sessions(model, train_sessions, valid_fraction=cfg.valid_fraction)
+    valid_prep = prepare_sessions(model, valid_sessions, valid_fraction=cfg.valid_fraction) if valid_sessions else prepared
+    readout = model.config.readout
+    sampler = WindowSampler(
+        prepared, readout=readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
+        phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
+        max_tokens=model.config.max_tokens_per_chunk, seed=cfg.seed + start_epoch,
+    )
+    params = list(params) if params is not None else [p for p in model.parameters()]
+    trainable = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    decay = [p for p in params if p.ndim >= 2 and p is not model.unit_emb.weight and p is not model.session_emb.weight]
+    no_decay = [p for p in params if not any(p is q for q in decay)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = Lamb(groups, lr=cfg.lr) if cfg.optimizer == "lamb" else torch.optim.AdamW(groups, lr=cfg.lr)
+    if optim_state is not None:
+        _load_optim(opt, optim_state)
+    steps_per_epoch = len(sampler.epoch(cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    offset = start_epoch * steps_per_epoch  # resuming: continue the schedule where it stopped
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: flat_cosine(s + offset, total, flat_fraction=cfg.flat_fraction))
+    best = {"epoch": -1, "metric": -np.inf, "metrics": {}}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prev = out_dir / "best.yaml"
+        if start_epoch and prev.is_file():
+            import yaml as _y
+
+            m = (_y.safe_load(prev.read_text()) or {}).get("meta", {})
+            if "valid" in m:
+                best = {"epoch": m.get("epoch", -1), "metric": primary_metric(m["valid"]), "metrics": m["valid"]}
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step", dynamic_ncols=True)
+    history: list[dict] = []
+    best_state = None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            losses = []
+            for idx in sampler.epoch(cfg.batch_size):
+                batch = sampler.batch(idx).to(device)
+                out, _ = model(batch.units, batch.times, batch.mask, batch.session)
+                loss = loss_fn(model, out, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            valid = evaluate_prepared(model, valid_prep, split="valid", device=device)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+                   "seconds": round(time.perf_counter() - t0, 2), "valid": valid}
+            history.append(row)
+            metric = primary_metric(valid)
+            improved = metric > best["metric"]
+            if improved:
+                best = {"epoch": epoch, "metric": metric, "metrics": valid}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            log.info("epoch %d loss %.4f valid %s", epoch, row["train_loss"], {k: v for k, v in valid.items() if not isinstance(v, dict)})
+            if out_dir is not None:
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                meta = {"epoch": epoch, "valid": valid, "train": dataclasses.asdict(cfg)}
+                ds = cfg.default_session if cfg.default_session in model.session_vocab else None
+                save_checkpoint(model, out_dir / "last", meta=meta, default_session=ds)
+                _save_optim(opt, out_dir / "last.optim.safetensors", {"epoch": epoch})
+                if improved:
+                    save_checkpoint(model, out_dir / "best", meta=meta, default_session=ds)
+            if on_epoch is not None:
+                on_epoch(row)
+    finally:
+        if bar is not None:
+            bar.close()
+    if best_state is not None:  # leave the model at its best validation epoch
+        model.load_state_dict(best_state)
+    return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history}
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
+    """Train a model from scratch (or resume a run directory) as ``cfg`` says."""
+    if cfg.data is None:
+        raise ConfigError("no training data: give data: DIR in the config or --data DIR (make some with `possm simulate`)")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    sessions = load_sessions(cfg.data)
+    out_dir = Path(cfg.out)
+    start_epoch, optim_state = 0, None
+    if resume is not None:
+        rdir = Path(resume)
+        model, doc = load_checkpoint(rdir / "last.yaml" if rdir.is_dir() else rdir)
+        start_epoch = int(doc.get("meta", {}).get("epoch", -1)) + 1
+        optim_state = (rdir if rdir.is_dir() else rdir.parent) / "last.optim.safetensors"
+        if not optim_state.is_file():
+            raise CheckpointError(f"cannot resume: {str(optim_state)!r} is missing")
+        model.train()
+    else:
+        model = build_model(cfg.model, sessions, seed=cfg.seed)
+    log.info("model: %s backbone, %d parameters, %d sessions, %d units", model.config.backbone, model.n_parameters(), len(sessions), model.n_units)
+    result = fit(model, sessions, cfg=cfg, out_dir=out_dir, start_epoch=start_epoch, optim_state=optim_state)
+    result["n_parameters"] = model.n_parameters()
+    result["out"] = str(out_dir)
+    return result

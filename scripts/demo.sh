@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's first command: install what is missing, then stream simulated spikes over LSL, decode
+# them live with `possm-lsl --inlet spikes` and report R2, latency and counts (plots in demo-out/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec possm demo "$@"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's test command: install what is missing, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec ${PYTHON:-python3} -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny models and checkpoints, made fresh (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from possm_plugin.checkpoint import save_checkpoint
+from possm_plugin.config import ModelConfig, preset
+from possm_plugin.model import POSSM
+
+# keep tests deterministic and light on the 2-core machine
+torch.set_num_threads(1)
+os.environ.setdefault("POSSM_RAISE_IN_THREADS", "1")
+
+TINY = {"dim": 32, "dim_head": 32, "ffn_dropout": 0.0}
+TINY_BACKBONE = {
+    "gru": {"hidden": 48, "layers": 1},
+    "s4d": {"hidden": 48, "layers": 2, "d_state": 16},
+    "mamba": {"hidden": 32, "layers": 2, "d_state": 8},
+}
+
+
+def make_tiny_model(backbone: str = "gru", *, n_units: int = 16, session: str = "sess0", seed: int = 0, **overrides) -> POSSM:
+    """A small random POSSM with one session of ``n_units`` units named ``session/uNNN``."""
+    torch.manual_seed(seed)
+    units = [f"{session}/u{i:03d}" for i in range(n_units)]
+    d = preset("small", "gru").to_dict()
+    d.update(TINY, backbone=backbone, backbone_kwargs=TINY_BACKBONE.get(backbone, {}), target_scale=20.0)
+    d.update(overrides)
+    cfg = ModelConfig.from_dict(d)
+    return POSSM(cfg, unit_ids=units, session_ids=[session], session_units={session: units}).eval()
+
+
+@pytest.fixture
+def tiny_model() -> POSSM:
+    return make_tiny_model("gru")
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model):
+    """Path of a saved tiny checkpoint (the .yaml)."""
+    return save_checkpoint(tiny_model, tmp_path / "tiny", meta={"note": "test fixture"})
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,123 @@
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from possm_plugin.checkpoint import load_checkpoint
+from possm_plugin.data import prepare_sessions
+from possm_plugin.errors import ConfigError
+from possm_plugin.evaluate import evaluate_prepared, r2_score
+from possm_plugin.finetune import add_sessions, finetune
+from possm_plugin.sim import simulate_handwriting_sessions, simulate_motor_session, simulate_motor_sessions, simulate_phoneme_sessions, write_sessions
+from possm_plugin.train import TrainConfig, build_model, fit, load_train_config, train
+
+TINY_SPEC = {"preset": "small", "backbone": "gru", "dim": 32, "dim_head": 32, "backbone_kwargs": {"hidden": 64, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def motor():
+    return simulate_motor_sessions(2, seed=7, duration_s=90.0)
+
+
+def test_short_training_lowers_the_loss_and_beats_a_zero_predictor(motor):
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=4e-3, progress=False, seed=0)
+    m = build_model(TINY_SPEC, motor, seed=0)
+    res = fit(m, motor, cfg=cfg)
+    losses = [h["train_loss"] for h in res["history"]]
+    assert losses[-1] < 0.75 * losses[0]
+    # zero predictor has R2 <= 0 on held-out trials (R2 = 1 - SS_res/SS_tot, SS_res(0) >= SS_tot)
+    prepared = prepare_sessions(m, motor)
+    r2 = evaluate_prepared(m, prepared)["r2"]
+    ps = prepared[0]
+    a, b = ps.split_span("valid")
+    i0, i1 = ps.chunk_range(a, b)
+    true = ps.targets_at(np.arange(i0, i1) * ps.step + ps.width, 1.0)
+    assert r2_score(true, np.zeros_like(true)).mean() <= 0.0
+    assert r2 > 0.3, r2
+    assert res["best"]["r2"] == pytest.approx(r2, abs=1e-6)  # model left at its best epoch
+
+
+def test_train_cli_style_run_writes_checkpoints_metrics_and_resumes(tmp_path, motor):
+    write_sessions(motor, tmp_path / "data")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "model: {preset: small, backbone: s4d, dim: 32, dim_head: 32, backbone_kwargs: {hidden: 32, layers: 1, d_state: 16}}\n"
+        "train: {epochs: 2, batch_size: 32, seed: 1, progress: false}\n"
+    )
+    cfg = load_train_config(cfg_file, data=str(tmp_path / "data"), out=str(tmp_path / "run"))
+    res = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    best, doc = load_checkpoint(tmp_path / "run")
+    assert doc["meta"]["epoch"] == res["best_epoch"]
+    cfg3 = load_train_config(cfg_file, data=str(tmp_path / "data"), out=str(tmp_path / "run"), epochs=3)
+    res3 = train(cfg3, resume=tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [h["epoch"] for h in res3["history"]] == [2]
+
+
+def test_train_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_train_config(None, epoch=3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {optimizer: sgd}\n")
+    with pytest.raises(ConfigError, match="optimizer='sgd'"):
+        load_train_config(bad)
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_train_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_train_config(tmp_path / "none.yaml")
+
+
+def test_lamb_optimizer_trains(motor):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=4e-3, optimizer="lamb", progress=False)
+    m = build_model(TINY_SPEC, motor[:1], seed=0)
+    res = fit(m, motor[:1], cfg=cfg)
+    assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"] * 1.05
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_unit_identification_freezes_everything_but_new_rows(motor):
+    m = build_model(TINY_SPEC, motor, seed=0)
+    fit(m, motor, cfg=TrainConfig(epochs=2, batch_size=32, progress=False))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    n_units, n_sess = len(m.unit_vocab), len(m.session_vocab)
+    new = simulate_motor_session(5, seed=7, duration_s=60.0)
+    twin = copy.deepcopy(m)
+    torch.manual_seed(123)
+    add_sessions(twin, [new])  # the same draw of new rows that finetune makes below
+    torch.manual_seed(123)
+    res = finetune(m, [new], mode="ui", epochs=2, batch_size=32)
+    after = m.state_dict()
+    for k, v in before.items():
+        if k == "unit_emb.weight":
+            assert torch.equal(after[k][:n_units], v)
+            moved = (after[k][n_units:] - twin.unit_emb.weight[n_units:]).abs().amax(-1)
+            assert (moved > 1e-4).float().mean() > 0.9  # the new rows trained
+        elif k == "session_emb.weight":
+            assert torch.equal(after[k][:n_sess], v)
+        else:
+            assert torch.equal(after[k], v), k
+    assert after["unit_emb.weight"].shape[0] == n_units + new.n_units
+    assert res["new_units"] == new.n_units and res["trainable_parameters"] == (new.n_units + 1) * 32
+    assert "valid_r2" in res and np.isfinite(res["valid_r2"])
+    res2 = finetune(m, [simulate_motor_session(6, seed=7, duration_s=60.0)], mode="ft", epochs=2, ui_epochs=1, batch_size=32)
+    assert len(res2["history"]) == 2 and "ft" in res2
+
+
+def test_classification_and_ctc_train_and_evaluate():
+    hw = simulate_handwriting_sessions(1, seed=0, duration_s=60.0, n_classes=4)
+    m = build_model(TINY_SPEC, hw, seed=0)
+    assert m.config.readout == "classification" and m.config.output_dim == 4
+    res = fit(m, hw, cfg=TrainConfig(epochs=2, batch_size=16, progress=False))
+    assert 0.0 <= res["best"]["accuracy"] <= 1.0
+    ph = simulate_phoneme_sessions(1, seed=0, duration_s=60.0, n_phonemes=5)
+    m = build_model(TINY_SPEC, ph, seed=0)
+    assert m.readout.out_features == 6  # CTC blank + 5 phonemes
+    res = fit(m, ph, cfg=TrainConfig(epochs=2, batch_size=8, progress=False))
+    losses = [h["train_loss"] for h in res["history"]]
+    assert np.isfinite(losses).all() and res["best"]["token_error_rate"] >= 0.0
