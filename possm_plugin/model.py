@@ -86,6 +86,7 @@ class POSSM(nn.Module):
             self.register_buffer(name + "_cos", cos.unsqueeze(0), persistent=False)
             self.register_buffer(name + "_sin", sin.unsqueeze(0), persistent=False)
         self._kv_cache: tuple[tuple, torch.Tensor] | None = None
+        self._const_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     # -- vocabularies ------------------------------------------------------------------------
     @property
@@ -136,23 +137,38 @@ class POSSM(nn.Module):
         b, t, n = units.shape
         kv = self.unit_kv_table()[units.reshape(b * t, n)]
         k_rot = self.rotary(times.reshape(b * t, n))
-        lat = self.latent_emb.unsqueeze(0).expand(b * t, -1, -1)
-        x = lat + self.enc_atn(
-            lat, None, (self._latent_rot_cos, self._latent_rot_sin), k_rot, mask.reshape(b * t, n), kv=kv
-        )
+        lat_rot = (self._latent_rot_cos, self._latent_rot_sin)
+        q = self._cached("latent_q", lambda: self.enc_atn.project_query(self.latent_emb.unsqueeze(0), lat_rot))
+        lat = self.latent_emb.unsqueeze(0)
+        x = lat + self.enc_atn.attend(q.expand(b * t, -1, -1, -1), kv, lat_rot, k_rot, mask.reshape(b * t, n))
         x = x + self.enc_ffn(x)
         return x.reshape(b, t, -1)
+
+    def _cached(self, name: str, compute):
+        """Values that depend on the weights only (constant queries) are cached while gradients are off."""
+        if torch.is_grad_enabled():
+            return compute()
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters(recurse=False)) + tuple(
+            (p.data_ptr(), p._version) for m in (self.enc_atn, self.dec_atn, self.session_emb) for p in m.parameters()
+        )
+        hit = self._const_cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, compute())
+            self._const_cache[name] = hit
+        return hit[1]
 
     def decode(self, ctx: torch.Tensor, ctx_mask: torch.Tensor, session: torch.Tensor) -> torch.Tensor:
         """Backbone outputs of the k chunks each query sees (B, T, k, H), their mask (B, T, k) and the
         session rows (B,) -> readout (B, T, C)."""
         b, t, k, h = ctx.shape
-        q = (self.session_emb(session) + self.task_emb).reshape(b, 1, 1, -1).expand(b, t, 1, -1)
-        q = q.reshape(b * t, 1, -1)
-        x = q + self.dec_atn(
-            q, ctx.reshape(b * t, k, h), (self._query_rot_cos, self._query_rot_sin),
-            (self._ctx_rot_cos, self._ctx_rot_sin), ctx_mask.reshape(b * t, k),
-        )
+        q_rot = (self._query_rot_cos, self._query_rot_sin)
+        rows = self._cached("session_q", lambda: self.session_emb.weight + self.task_emb)[session]  # (B, D)
+        qh = self._cached("session_qh", lambda: self.dec_atn.project_query(
+            (self.session_emb.weight + self.task_emb).unsqueeze(1), q_rot))[session]  # (B, H, 1, d)
+        x0 = rows.unsqueeze(1).expand(b, t, -1).reshape(b * t, 1, -1)
+        qh = qh.unsqueeze(1).expand(b, t, *qh.shape[1:]).reshape(b * t, *qh.shape[1:])
+        kv = self.dec_atn.project_context(ctx.reshape(b * t, k, h))
+        x = x0 + self.dec_atn.attend(qh, kv, q_rot, (self._ctx_rot_cos, self._ctx_rot_sin), ctx_mask.reshape(b * t, k))
         x = x + self.dec_ffn(x)
         return self.readout(x).reshape(b, t, -1)
 

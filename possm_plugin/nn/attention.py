@@ -47,6 +47,27 @@ class RotaryCrossAttention(nn.Module):
         per-unit contexts can be projected once and gathered per token."""
         return self.to_kv(self.norm_ctx(context))
 
+    def project_query(self, x: torch.Tensor, q_rot: Rotation) -> torch.Tensor:
+        """Queries (B, Q, D) -> rotated per-head queries (B, H, Q, d)."""
+        q = self.to_q(self.norm_q(x)).unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
+        return apply_rotary(q, (q_rot[0].unsqueeze(1), q_rot[1].unsqueeze(1)))
+
+    def attend(
+        self, q: torch.Tensor, kv: torch.Tensor, q_rot: Rotation, k_rot: Rotation, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rotated queries (B, H, Q, d) and projected context (B, K, 2*H*d) -> (B, Q, D)."""
+        b, _, nq, _ = q.shape
+        kvh = kv.unflatten(-1, (2, self.heads, self.dim_head)).permute(0, 2, 3, 1, 4)  # (B, 2, H, K, d)
+        kvh = apply_rotary(kvh, (k_rot[0][:, None, None], k_rot[1][:, None, None]))  # keys and values alike
+        attn_mask = None
+        if mask is not None:
+            attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+        out = F.scaled_dot_product_attention(
+            q, kvh[:, 0], kvh[:, 1], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        out = apply_rotary(out, (q_rot[0].unsqueeze(1), q_rot[1].unsqueeze(1)), inverse=True)
+        return self.to_out(out.transpose(1, 2).reshape(b, nq, self.heads * self.dim_head))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -63,33 +84,13 @@ class RotaryCrossAttention(nn.Module):
             x: queries (B, Q, D).
             context: keys/values (B, K, E), or None when ``kv`` is given.
             q_rot: rotation of the query times, each (B, Q, r) or (1, Q, r).
-            k_rot: rotation of the key times, each (B, K, r).
+            k_rot: rotation of the key times, each (B, K, r) or (1, K, r).
             mask: (B, K) or (B, Q, K) bool, True where a key may be attended. Every query needs at least one.
             kv: projected context (B, K, 2*H*d) from :meth:`project_context`.
 
         Returns:
             (B, Q, D), not including the residual.
         """
-        b, nq, _ = x.shape
         if kv is None:
             kv = self.project_context(context)
-        q = self.to_q(self.norm_q(x))
-        k, v = kv.chunk(2, dim=-1)
-        # (B, H, N, d)
-        q = q.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
-        k = k.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
-        v = v.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
-        qr = (q_rot[0].unsqueeze(1), q_rot[1].unsqueeze(1))
-        kr = (k_rot[0].unsqueeze(1), k_rot[1].unsqueeze(1))
-        q = apply_rotary(q, qr)
-        k = apply_rotary(k, kr)
-        v = apply_rotary(v, kr)
-        attn_mask = None
-        if mask is not None:
-            attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        out = apply_rotary(out, qr, inverse=True)
-        out = out.transpose(1, 2).reshape(b, nq, self.heads * self.dim_head)
-        return self.to_out(out)
+        return self.attend(self.project_query(x, q_rot), kv, q_rot, k_rot, mask)
