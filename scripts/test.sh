@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export POSSM_REQUIRE_REDIS=1  # tests that need redis-server fail instead of skipping
 exec ${PYTHON:-python3} -m pytest -q -p no:cacheprovider "$@"
