@@ -1,0 +1,823 @@
+"""Redis streams as a spike source and a prediction sink (the wire format of BRAND graphs).
+
+Input entries (one Redis stream entry per bin) come in two kinds:
+
+- ``crossings``: BRAND's threshold crossings, one entry per 1 ms, field ``crossings`` holding one
+  ``int16`` per channel (0, or the number of crossings in that millisecond);
+- ``binned``: binned spike counts, field ``samples`` holding one ``int8``/``int16``/``float32`` count
+  per channel per bin of ``bin_size_ms``.
+
+Both are turned into spike events the same way: a count ``c`` on channel ``ch`` in the bin
+``[t, t + w)`` becomes ``c`` events at ``t + (k + 0.5) * w / c`` for ``k = 0..c-1`` -- the count spread
+evenly over the bin, each event at the centre of its share (so a single 1 ms crossing sits at the
+middle of its millisecond, never on a chunk boundary). The watermark after an entry is the end of its
+bin (plus 1 microsecond, so that float rounding never holds a finished chunk back).
+
+The clock (``clock``) says where ``t`` comes from:
+
+- ``tick`` (default): a counter of entries; entry ``n`` (0-based, counted from the first entry this
+  reader sees, malformed ones included) covers ``[n * w, (n + 1) * w)``. Free of jitter, so every
+  ``chunk_step / w`` entries complete exactly one chunk; it assumes the producer drops no entries.
+- ``ts``: the entry's own ``ts`` field (uint64 ``time.monotonic_ns()`` of its producer, as every BRAND
+  node writes it), taken as the *end* of the bin: ``[ts - w, ts)``.
+- ``timestamps``: BRAND's hardware sample clock, field ``timestamps`` (uint32 sample counter of the
+  bin's first sample at ``timestamps_rate`` Hz, 30 kHz for a Blackrock NSP; wrap-around is undone).
+
+Malformed entries (missing field, wrong byte length, wrong dtype, negative / non-integer / absurd
+counts) are counted by reason and logged (rate-limited), never fatal; their bin still advances the
+clock and the watermark, as an empty bin, so the chunk grid stays aligned.
+
+Connections (:class:`RedisConnection`) never retry inside redis-py: a failed command marks the link
+down, the reader waits with exponential backoff (50 ms doubling to ``backoff_max``) and tries again;
+the reader remembers the id of the last entry it returned and resumes right after it. After a
+reconnection the reader checks the stream's ``last-generated-id``: if it is *older* than the id it
+remembers (the server restarted without persistence and the producer writes explicit ids, or the
+stream was deleted), the stream was reset and it is read again from its beginning (counted in
+``stream_resets``). Writers queue entries while the link is down (up to ``max_pending``, the oldest
+dropped and counted beyond that) and flush them once it is back.
+
+Security: ``username``/``password`` (ACL user or ``requirepass``; the password may also come from the
+``POSSM_REDIS_PASSWORD`` environment variable so it stays off command lines), ``ssl`` with
+``ssl_ca_certs``/``ssl_certfile``/``ssl_keyfile`` for TLS, or ``socket`` for a unix socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from possm_plugin.errors import ConfigError, StreamError
+from possm_plugin.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
+from possm_plugin.plugins.markers import hookimpl
+
+__all__ = [
+    "RedisOptions",
+    "RedisConnection",
+    "RedisUnavailable",
+    "Backoff",
+    "EntryParser",
+    "ParsedEntry",
+    "StreamReader",
+    "StreamWriter",
+    "RedisSource",
+    "RedisSink",
+    "possm_register_sources",
+    "possm_register_sinks",
+    "PASSWORD_ENV",
+    "WATERMARK_SLACK",
+]
+
+log = logging.getLogger("possm_plugin.adapters.redis")
+
+PASSWORD_ENV = "POSSM_REDIS_PASSWORD"
+#: added to every watermark so that float rounding never holds back a finished chunk (seconds)
+WATERMARK_SLACK = 1e-6
+KINDS = ("crossings", "binned")
+CLOCKS = ("tick", "ts", "timestamps")
+INPUT_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "float32", "float64")
+_NET_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+# -- option parsing (the CLI passes every --source-opt as a string) ------------------------------
+def _as_bool(name: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={v!r} is not a boolean; use true or false")
+
+
+def _as_int(name: str, v: Any, *, minimum: int | None = None) -> int:
+    try:
+        out = int(v) if not isinstance(v, float) or v.is_integer() else None
+    except (TypeError, ValueError):
+        out = None
+    if out is None or isinstance(v, bool):
+        raise ConfigError(f"{name}={v!r} is not an integer")
+    if minimum is not None and out < minimum:
+        raise ConfigError(f"{name}={v!r} must be >= {minimum}")
+    return out
+
+
+def _as_float(name: str, v: Any, *, positive: bool = False) -> float:
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={v!r} is not a number") from None
+    if not math.isfinite(out) or (positive and out <= 0):
+        raise ConfigError(f"{name}={v!r} must be a {'positive ' if positive else ''}finite number")
+    return out
+
+
+def _as_list(name: str, v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, Sequence):
+        return [str(s) for s in v]
+    raise ConfigError(f"{name}={v!r} must be a list or a comma-separated string")
+
+
+def _opt(v: Any) -> Any:
+    """Empty strings and YAML nulls mean 'not given'."""
+    return None if v is None or (isinstance(v, str) and v.strip() in ("", "~", "null", "None")) else v
+
+
+class _RateLimited:
+    """Log each key at most once every ``every`` seconds."""
+
+    def __init__(self, logger: logging.Logger, every: float = 5.0) -> None:
+        self._log, self._every, self._last = logger, every, {}
+
+    def warning(self, key: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) >= self._every:
+            self._last[key] = now
+            self._log.warning(msg, *args)
+
+
+# -- connections ----------------------------------------------------------------------------------
+@dataclass
+class RedisOptions:
+    """How to reach a Redis server.
+
+    Attributes:
+        host, port: TCP address (ignored when ``socket`` is given).
+        socket: path of a unix socket.
+        db: database number.
+        username, password: ACL user and password (``requirepass`` servers: password only); None takes
+            the password from ``$POSSM_REDIS_PASSWORD``.
+        ssl: use TLS; ``ssl_ca_certs`` (CA bundle), ``ssl_certfile``/``ssl_keyfile`` (client certificate),
+            ``ssl_check_hostname``.
+        connect_timeout, socket_timeout: seconds.
+        backoff_max: longest wait between reconnection attempts (seconds).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    socket: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    connect_timeout: float = 2.0
+    socket_timeout: float = 5.0
+    backoff_max: float = 1.0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "RedisOptions":
+        """Build from keyword options (strings are parsed); unknown keys are not accepted here."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown Redis option(s) {unknown}; known: {sorted(known)}")
+        o = {k: _opt(v) for k, v in options.items()}
+        kw: dict[str, Any] = {}
+        for k, v in o.items():
+            if v is None:
+                continue
+            if k in ("port", "db"):
+                kw[k] = _as_int(k, v, minimum=0)
+            elif k in ("ssl", "ssl_check_hostname"):
+                kw[k] = _as_bool(k, v)
+            elif k in ("connect_timeout", "socket_timeout", "backoff_max"):
+                kw[k] = _as_float(k, v, positive=True)
+            else:
+                kw[k] = str(v)
+        return cls(**kw)
+
+    def describe(self) -> str:
+        where = f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
+        return f"{'rediss' if self.ssl else 'redis'}://{self.username + '@' if self.username else ''}{where}/{self.db}"
+
+    def client(self, on_connect: Callable[[Any], None] | None = None) -> redis.Redis:
+        """A redis-py client that never retries by itself (reconnection is ours, with backoff);
+        ``on_connect(connection)`` replaces redis-py's handshake and must run it."""
+        password = self.password if self.password is not None else os.environ.get(PASSWORD_ENV) or None
+        kw: dict[str, Any] = dict(
+            db=self.db,
+            username=self.username,
+            password=password,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            redis_connect_func=on_connect,
+        )
+        try:  # redis-py >= 7 asks every new connection for maintenance notifications: one round trip saved
+            from redis.maint_notifications import MaintNotificationsConfig
+
+            kw["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        except ImportError:  # older redis-py
+            pass
+        if self.socket:
+            return redis.Redis(unix_socket_path=self.socket, **kw)
+        if self.ssl:
+            kw.update(ssl=True, ssl_ca_certs=self.ssl_ca_certs, ssl_certfile=self.ssl_certfile,
+                      ssl_keyfile=self.ssl_keyfile, ssl_check_hostname=self.ssl_check_hostname)
+        return redis.Redis(host=self.host, port=self.port, **kw)
+
+
+class RedisUnavailable(StreamError):
+    """The server did not answer (connection refused, reset or timed out)."""
+
+
+class Backoff:
+    """Exponential backoff: ``initial``, doubling up to ``maximum`` seconds; :meth:`reset` on success."""
+
+    def __init__(self, initial: float = 0.05, maximum: float = 1.0) -> None:
+        self.initial, self.maximum = float(initial), float(maximum)
+        self._next = self.initial
+
+    def next(self) -> float:
+        d = self._next
+        self._next = min(self._next * 2.0, self.maximum)
+        return d
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+class RedisConnection:
+    """A client plus link bookkeeping: :meth:`call` runs a command and turns network failures into
+    :class:`RedisUnavailable` (after logging the first one). Every new socket after the first one is a
+    reconnection -- after a failure, or silently inside redis-py, which replaces a connection it finds
+    closed (a server restarted between two commands) -- and runs the ``on_reconnect`` callbacks once
+    the command that opened it returns."""
+
+    def __init__(self, options: RedisOptions | None = None, *, stop: threading.Event | None = None) -> None:
+        self.options = options or RedisOptions()
+        self.stop = stop or threading.Event()
+        self.backoff = Backoff(maximum=self.options.backoff_max)
+        self._client: redis.Redis | None = None
+        self.down_since: float | None = None
+        self.failures = 0
+        self.reconnects = 0
+        self.sockets = 0
+        self._new_socket = False
+        self.on_reconnect: list[Callable[[], None]] = []
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = self.options.client(on_connect=self._on_socket)
+        return self._client
+
+    def _on_socket(self, connection: Any) -> None:
+        handshake = getattr(connection, "on_connect_check_health", None)
+        if handshake is not None:
+            handshake(check_health=True)
+        else:  # older redis-py
+            connection.on_connect()
+        self.sockets += 1
+        if self.sockets > 1:
+            self._new_socket = True
+
+    @property
+    def is_up(self) -> bool:
+        return self.down_since is None
+
+    def check_credentials(self) -> None:
+        """Ping once; wrong credentials or TLS settings raise :class:`StreamError` (not retried)."""
+        try:
+            self.client.ping()
+        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            raise StreamError(
+                f"Redis at {self.options.describe()} refused the credentials ({exc}); set username/password "
+                f"(or ${PASSWORD_ENV})"
+            ) from None
+        except redis.exceptions.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise StreamError(f"Redis at {self.options.describe()} needs a password ({exc}); set password or ${PASSWORD_ENV}") from None
+            raise
+
+    def wait_until_up(self, timeout: float) -> None:
+        """Ping until the server answers or ``timeout`` seconds pass (then :class:`StreamError`)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                self.check_credentials()
+                self._up()
+                return
+            except _NET_ERRORS as exc:
+                if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+                    raise
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    raise StreamError(f"cannot reach Redis at {self.options.describe()}: {exc}") from None
+                self.stop.wait(min(self.backoff.next(), max(0.0, deadline - time.monotonic())) or 0.01)
+
+    def call(self, fn: Callable[[redis.Redis], Any]) -> Any:
+        try:
+            out = fn(self.client)
+        except _NET_ERRORS as exc:
+            self._down(exc)
+            raise RedisUnavailable(f"Redis at {self.options.describe()} unavailable: {exc}") from None
+        self._up()
+        return out
+
+    def sleep_backoff(self) -> None:
+        """Wait before the next attempt (returns early when ``stop`` is set)."""
+        self.stop.wait(self.backoff.next())
+
+    def _down(self, exc: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.failures += 1
+            log.warning("lost the connection to Redis at %s (%s); reconnecting with backoff", self.options.describe(), exc)
+        try:
+            if self._client is not None:
+                self._client.connection_pool.disconnect()
+        except Exception:  # the pool is being torn down anyway
+            pass
+
+    def _up(self) -> None:
+        reconnected, self._new_socket = self._new_socket, False
+        if self.down_since is not None:
+            gap = time.monotonic() - self.down_since
+            self.down_since = None
+            reconnected = True
+            log.warning("reconnected to Redis at %s after %.2f s", self.options.describe(), gap)
+        elif reconnected:
+            log.warning("the connection to Redis at %s was re-opened (the server may have restarted)", self.options.describe())
+        if reconnected:
+            self.reconnects += 1
+            for cb in self.on_reconnect:
+                cb()
+        self.backoff.reset()
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # closing a dead connection may fail; nothing to do
+                pass
+            self._client = None
+
+
+# -- entries ---------------------------------------------------------------------------------------
+def _field(flds: dict, key: bytes) -> Any:
+    """A field of an entry (redis-py returns bytes keys; str keys are accepted too)."""
+    v = flds.get(key)
+    return flds.get(key.decode()) if v is None else v
+
+
+def _parse_id(eid: str | bytes) -> tuple[int, int]:
+    s = eid.decode() if isinstance(eid, bytes) else str(eid)
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class ParsedEntry:
+    """One input entry as spike events.
+
+    Attributes:
+        id: the Redis entry id.
+        index: entries seen before this one (malformed included).
+        t_start: start of the entry's bin on the reader's clock (None: no usable time).
+        watermark: end of the bin (+ :data:`WATERMARK_SLACK`); every event before it has been delivered.
+        channels, times: (S,) events.
+        fields: the raw entry (for pass-through of ``sync``, ``ts``, ``i``).
+        error: why the entry was rejected (None if it was valid).
+    """
+
+    id: str
+    index: int
+    t_start: float | None
+    watermark: float | None
+    channels: np.ndarray
+    times: np.ndarray
+    fields: dict
+    error: str | None = None
+
+
+class EntryParser:
+    """Validate entries and turn counts into events (see the module docstring for the rules).
+
+    Args:
+        kind: ``crossings`` or ``binned``.
+        n_channels: values per entry.
+        field: the data field (default ``crossings`` for crossings, ``samples`` for binned).
+        dtype: the data type (default ``int16`` for crossings, ``int8`` for binned).
+        bin_size_ms: bin width (default 1 for crossings; required for binned).
+        clock: ``tick``, ``ts`` or ``timestamps``.
+        time_field: field of the ``ts`` clock.
+        timestamps_rate: Hz of the ``timestamps`` clock.
+        max_count: larger counts in one bin are rejected as garbage.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str = "crossings",
+        n_channels: int,
+        field: str | None = None,
+        dtype: str | None = None,
+        bin_size_ms: float | None = None,
+        clock: str = "tick",
+        time_field: str = "ts",
+        timestamps_rate: float = 30000.0,
+        max_count: int = 1000,
+    ) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"input_kind={kind!r} must be one of {KINDS}")
+        if clock not in CLOCKS:
+            raise ConfigError(f"clock={clock!r} must be one of {CLOCKS}")
+        self.kind = kind
+        self.n_channels = _as_int("n_channels", n_channels, minimum=1)
+        self.field = (field or ("crossings" if kind == "crossings" else "samples")).encode()
+        dtype = dtype or ("int16" if kind == "crossings" else "int8")
+        if str(dtype) not in INPUT_DTYPES:
+            raise ConfigError(f"input_dtype={dtype!r} must be one of {INPUT_DTYPES}")
+        self.dtype = np.dtype(str(dtype))
+        if bin_size_ms is None:
+            if kind == "binned":
+                raise ConfigError("input_kind='binned' needs bin_size_ms (the width of one entry's bin in ms)")
+            bin_size_ms = 1.0
+        self.bin_s = _as_float("bin_size_ms", bin_size_ms, positive=True) / 1000.0
+        self.clock = clock
+        self.time_field = time_field.encode()
+        self.timestamps_rate = _as_float("timestamps_rate", timestamps_rate, positive=True)
+        self.max_count = int(max_count)
+        self.n_entries = 0
+        self.n_valid = 0
+        self.n_events = 0
+        self.malformed: Counter[str] = Counter()
+        self._ts_wrap = 0
+        self._ts_last: int | None = None
+        self._warn = _RateLimited(log)
+
+    @property
+    def n_malformed(self) -> int:
+        return sum(self.malformed.values())
+
+    def _reject(self, entry_id: str, index: int, t_start: float | None, flds: dict, reason: str, detail: str) -> ParsedEntry:
+        self.malformed[reason] += 1
+        self._warn.warning(reason, "skipped malformed entry %s (%s: %s); %d %s so far", entry_id, reason, detail, self.malformed[reason], reason)
+        wm = None if t_start is None else t_start + self.bin_s + WATERMARK_SLACK
+        return ParsedEntry(entry_id, index, t_start, wm, np.zeros(0, np.int64), np.zeros(0, np.float64), flds, reason)
+
+    def _time(self, flds: dict, index: int) -> tuple[float | None, str]:
+        if self.clock == "tick":
+            return index * self.bin_s, ""
+        raw = _field(flds, self.time_field if self.clock == "ts" else b"timestamps")
+        if raw is None:
+            return None, f"no {(self.time_field if self.clock == 'ts' else b'timestamps').decode()!r} field"
+        if not isinstance(raw, (bytes, bytearray)):
+            return None, f"time field is a {type(raw).__name__}, not packed bytes"
+        if self.clock == "ts":
+            if len(raw) != 8:
+                return None, f"'ts' has {len(raw)} bytes, expected 8 (uint64 monotonic_ns)"
+            return int(np.frombuffer(raw, np.uint64)[0]) * 1e-9 - self.bin_s, ""
+        if len(raw) < 4:
+            return None, f"'timestamps' has {len(raw)} bytes, expected uint32"
+        v = int(np.frombuffer(raw[:4], np.uint32)[0])
+        if self._ts_last is not None and v < self._ts_last and self._ts_last - v > 2**31:
+            self._ts_wrap += 2**32
+        self._ts_last = v
+        return (v + self._ts_wrap) / self.timestamps_rate, ""
+
+    def parse(self, entry_id: str, flds: dict) -> ParsedEntry:
+        """One entry -> events (or a rejected entry that still advances the clock when it can)."""
+        index = self.n_entries
+        self.n_entries += 1
+        t_start, why = self._time(flds, index)
+        if t_start is None:
+            return self._reject(entry_id, index, None, flds, "bad_time", why)
+        raw = _field(flds, self.field)
+        if isinstance(raw, str):
+            raw = raw.encode()
+        if raw is None:
+            return self._reject(entry_id, index, t_start, flds, "missing_field", f"no {self.field.decode()!r} field")
+        n, size = self.n_channels, self.dtype.itemsize
+        if len(raw) != n * size:
+            if len(raw) % n == 0 and len(raw) // n in (1, 2, 4, 8):
+                return self._reject(
+                    entry_id, index, t_start, flds, "wrong_dtype",
+                    f"{len(raw)} bytes = {n} x {len(raw) // n}-byte values, expected {n} x {self.dtype.name}",
+                )
+            return self._reject(entry_id, index, t_start, flds, "wrong_length", f"{len(raw)} bytes, expected {n} x {self.dtype.name} = {n * size}")
+        vals = np.frombuffer(raw, self.dtype)
+        if self.dtype.kind == "f":
+            if not np.all(np.isfinite(vals)) or np.any(vals != np.round(vals)):
+                return self._reject(entry_id, index, t_start, flds, "bad_values", "counts must be finite whole numbers")
+        if np.any(vals < 0) or np.any(vals > self.max_count):
+            return self._reject(entry_id, index, t_start, flds, "bad_values", f"counts must be in 0..{self.max_count}")
+        self.n_valid += 1
+        nz = np.flatnonzero(vals)
+        wm = t_start + self.bin_s + WATERMARK_SLACK
+        if not len(nz):
+            return ParsedEntry(entry_id, index, t_start, wm, np.zeros(0, np.int64), np.zeros(0, np.float64), flds)
+        c = vals[nz].astype(np.int64)
+        ch = np.repeat(nz.astype(np.int64), c)
+        k = np.arange(len(ch)) - np.repeat(np.cumsum(c) - c, c)
+        times = t_start + (k + 0.5) / np.repeat(c, c) * self.bin_s
+        self.n_events += len(ch)
+        return ParsedEntry(entry_id, index, t_start, wm, ch, times, flds)
+
+    def stats(self) -> dict:
+        return {"entries": self.n_entries, "valid": self.n_valid, "events": self.n_events,
+                "malformed": dict(self.malformed), "malformed_total": self.n_malformed}
+
+
+# -- reading and writing ---------------------------------------------------------------------------
+class StreamReader:
+    """Read one stream from a remembered id, across disconnections and server restarts.
+
+    Args:
+        conn: the connection.
+        stream: stream key.
+        start: ``$`` (entries added after :meth:`read` first reaches the server), ``0`` (from the
+            beginning) or an explicit entry id to resume after.
+        count: most entries per read.
+    """
+
+    def __init__(self, conn: RedisConnection, stream: str, *, start: str = "$", count: int = 1000) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.start = str(start)
+        self.count = int(count)
+        self.last_id: str | None = None if self.start == "$" else ("0-0" if self.start in ("0", "0-0") else self.start)
+        self.stream_resets = 0
+        self._check_reset = False
+        self._max_block = max(1, int(conn.options.socket_timeout * 800))  # stay below the socket timeout
+        conn.on_reconnect.append(self._after_reconnect)
+
+    def _after_reconnect(self) -> None:
+        self._check_reset = True
+
+    def _last_generated(self, r: redis.Redis) -> str | None:
+        try:
+            info = r.xinfo_stream(self.stream)
+        except redis.exceptions.ResponseError:  # no such key
+            return None
+        lid = info.get("last-generated-id", info.get(b"last-generated-id"))
+        return lid.decode() if isinstance(lid, bytes) else str(lid)
+
+    def _detect_reset(self) -> None:
+        last = self.conn.call(self._last_generated)
+        if last is None:
+            return  # the stream does not exist (yet): look again next time
+        self._check_reset = False
+        if self.last_id is not None and _parse_id(last) < _parse_id(self.last_id):
+            self.stream_resets += 1
+            log.warning(
+                "stream %r was reset (its last id %s is older than %s, the last entry processed); reading it from the start",
+                self.stream, last, self.last_id,
+            )
+            self.last_id = "0-0"
+
+    def position(self) -> str:
+        """Resolve ``$`` to an id now (so entries added from this moment on are not missed)."""
+        if self.last_id is None:
+            self.last_id = self.conn.call(self._last_generated) or "0-0"
+        return self.last_id
+
+    def read(self, block_ms: int | None) -> list[tuple[str, dict]]:
+        """Entries after the last one returned (waits up to ``block_ms``; None: no wait). On a network
+        failure waits the backoff and returns []."""
+        try:
+            self.position()
+            if self._check_reset:
+                self._detect_reset()
+            block = None if not block_ms or block_ms <= 0 else min(int(block_ms), self._max_block)
+            resp = self.conn.call(lambda r: r.xread({self.stream: self.last_id}, count=self.count, block=block))
+        except RedisUnavailable:
+            self._check_reset = True
+            self.conn.sleep_backoff()
+            return []
+        if not resp:
+            return []
+        entries = resp[0][1]
+        out = [(eid.decode() if isinstance(eid, bytes) else str(eid), flds) for eid, flds in entries]
+        if out:
+            self.last_id = out[-1][0]
+        return out
+
+
+class StreamWriter:
+    """Append entries to a stream; entries are queued while the server is unreachable and written,
+    in order, once it is back (the oldest beyond ``max_pending`` are dropped and counted)."""
+
+    def __init__(self, conn: RedisConnection, stream: str, *, maxlen: int | None = None, max_pending: int = 100_000) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.maxlen = int(maxlen) if maxlen else None
+        self.pending: deque[dict] = deque()
+        self.max_pending = int(max_pending)
+        self.written = 0
+        self.dropped = 0
+
+    def add(self, entry: dict) -> None:
+        self.pending.append(entry)
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.dropped += 1
+
+    def flush(self) -> bool:
+        """Write what is queued; False if the server is unreachable (entries stay queued)."""
+        if not self.pending:
+            return True
+        batch = list(self.pending)
+
+        def write(r: redis.Redis) -> None:
+            if len(batch) == 1:
+                r.xadd(self.stream, batch[0], maxlen=self.maxlen, approximate=True)
+                return
+            p = r.pipeline(transaction=False)
+            for e in batch:
+                p.xadd(self.stream, e, maxlen=self.maxlen, approximate=True)
+            p.execute()
+
+        try:
+            self.conn.call(write)
+        except RedisUnavailable:
+            return False
+        for _ in batch:
+            self.pending.popleft()
+        self.written += len(batch)
+        return True
+
+
+# -- the plugin source and sink ----------------------------------------------------------------------
+_REDIS_KEYS = {f.name for f in fields(RedisOptions)}
+
+
+def _split_options(options: dict[str, Any]) -> tuple[RedisOptions, dict[str, Any]]:
+    conn = {k: v for k, v in options.items() if k in _REDIS_KEYS}
+    rest = {k: v for k, v in options.items() if k not in _REDIS_KEYS}
+    return RedisOptions.from_options(conn), rest
+
+
+class RedisSource(SpikeSource):
+    """Spike events from a Redis stream of BRAND threshold crossings or binned counts.
+
+    Options (strings accepted, as from ``--source-opt key=value``):
+        stream: the stream key (default ``crossings``).
+        kind: ``crossings`` (1 ms entries) or ``binned``; field, dtype, bin_size_ms, clock,
+            timestamps_rate: see :class:`EntryParser`.
+        n_channels: values per entry; unit_ids: the unit id of each channel (list or comma-separated;
+            default ``ch000``, ``ch001``, ...). One of the two is required.
+        start: ``$`` (new entries, default), ``0`` (the whole stream) or an entry id.
+        plus the connection options of :class:`RedisOptions` (host, port, socket, username, password,
+        ssl, ...).
+
+    Each batch carries ``start``, its first bin's start, with which the decode loop anchors the chunk
+    grid on bin edges: with ``clock=tick`` the first entry read covers [0, 1 ms).
+    """
+
+    name = "redis"
+
+    def __init__(self, stream: str = "crossings", **options: Any) -> None:
+        super().__init__()
+        conn_opts, o = _split_options(options)
+        known = {"kind", "field", "dtype", "bin_size_ms", "clock", "timestamps_rate", "n_channels", "unit_ids", "start", "count", "time_field"}
+        unknown = sorted(set(o) - known)
+        if unknown:
+            raise ConfigError(f"redis source: unknown option(s) {unknown}; known: {sorted(known | _REDIS_KEYS | {'stream'})}")
+        o = {k: _opt(v) for k, v in o.items()}
+        unit_ids = _as_list("unit_ids", o["unit_ids"]) if o.get("unit_ids") is not None else None
+        n = _as_int("n_channels", o["n_channels"], minimum=1) if o.get("n_channels") is not None else None
+        if unit_ids is None and n is None:
+            raise ConfigError("redis source: give n_channels (values per entry) or unit_ids (one per channel)")
+        if unit_ids is not None and n is not None and len(unit_ids) != n:
+            raise ConfigError(f"redis source: n_channels={n} but unit_ids names {len(unit_ids)} units")
+        n = n if n is not None else len(unit_ids)
+        self.unit_ids = unit_ids if unit_ids is not None else [f"ch{i:03d}" for i in range(n)]
+        self.stream = str(stream)
+        self.options = conn_opts
+        self.parser = EntryParser(
+            kind=o.get("kind") or "crossings", n_channels=n, field=o.get("field"), dtype=o.get("dtype"),
+            bin_size_ms=o.get("bin_size_ms"), clock=o.get("clock") or "tick", time_field=o.get("time_field") or "ts",
+            timestamps_rate=o.get("timestamps_rate") or 30000.0,
+        )
+        self._start = str(o.get("start") or "$")
+        self._count = _as_int("count", o.get("count") or 1000, minimum=1)
+        self.conn: RedisConnection | None = None
+        self.reader: StreamReader | None = None
+        self.last_entries: list[ParsedEntry] = []
+
+    def _connect(self, timeout: float | None) -> None:
+        self.conn = RedisConnection(self.options)
+        self.conn.wait_until_up(5.0 if timeout is None else timeout)
+        self.reader = StreamReader(self.conn, self.stream, start=self._start, count=self._count)
+        self.reader.position()
+
+    def _acquire(self, timeout: float) -> SpikeBatch:
+        assert self.reader is not None
+        entries = self.reader.read(int(round(timeout * 1000)) if timeout > 0 else None)
+        parsed = [self.parser.parse(eid, flds) for eid, flds in entries]
+        self.last_entries = parsed
+        wms = [p.watermark for p in parsed if p.watermark is not None]
+        if not parsed:
+            return SpikeBatch.empty(None)
+        ch = np.concatenate([p.channels for p in parsed])
+        tt = np.concatenate([p.times for p in parsed])
+        batch = SpikeBatch(ch, tt, wms[-1] if wms else None)
+        starts = [p.t_start for p in parsed if p.t_start is not None]
+        if starts:
+            batch.start = float(starts[0])  # the first bin's start: the runner anchors the chunk grid on it
+        return batch
+
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def stats(self) -> dict:
+        s = self.parser.stats()
+        s.update(reconnects=self.conn.reconnects if self.conn else 0, stream_resets=self.reader.stream_resets if self.reader else 0)
+        return s
+
+
+def _pass_value(v: Any) -> bytes | str | int | float | None:
+    if isinstance(v, (bytes, str, int, float)):
+        return v
+    if isinstance(v, np.generic):
+        return v.tobytes()
+    return None
+
+
+class RedisSink(PredictionSink):
+    """Predictions as entries of a Redis stream, in BRAND's layout.
+
+    Each entry: ``field`` (default ``samples``): the predictions as ``dtype`` (float32), in the order of
+    the decoder's output names; ``ts``: uint64 ``time.monotonic_ns()`` when written; ``i``: uint64
+    counter; ``t_end``: float64 end of the decoded chunk on the source clock; plus every field of
+    :attr:`Prediction.extra` (e.g. BRAND's ``sync``) passed through.
+
+    Options: stream (default ``possm``), field, dtype (``float32``/``float64``), maxlen (approximate
+    trimming), and the connection options of :class:`RedisOptions`.
+    """
+
+    name = "redis"
+
+    def __init__(self, stream: str = "possm", *, field: str = "samples", dtype: str = "float32", maxlen: Any = None, **options: Any) -> None:
+        super().__init__()
+        self.options, rest = _split_options(options)
+        if rest:
+            raise ConfigError(f"redis sink: unknown option(s) {sorted(rest)}; known: {sorted(_REDIS_KEYS | {'stream', 'field', 'dtype', 'maxlen'})}")
+        if str(dtype) not in ("float32", "float64"):
+            raise ConfigError(f"redis sink: dtype={dtype!r} must be float32 or float64")
+        self.stream, self.field, self.dtype = str(stream), str(field), np.dtype(str(dtype))
+        self.maxlen = _as_int("maxlen", maxlen, minimum=1) if _opt(maxlen) is not None else None
+        self.conn: RedisConnection | None = None
+        self.writer: StreamWriter | None = None
+        self.output_names: list[str] = []
+        self.i = 0
+
+    def _connect(self, output_names: list[str], chunk_step: float) -> None:
+        self.output_names = list(output_names)
+        self.conn = RedisConnection(self.options)
+        self.conn.wait_until_up(5.0)
+        self.writer = StreamWriter(self.conn, self.stream, maxlen=self.maxlen)
+        log.info("writing predictions %s to Redis stream %r at %s", self.output_names, self.stream, self.options.describe())
+
+    def _publish(self, predictions: list[Prediction]) -> None:
+        assert self.writer is not None
+        for p in predictions:
+            entry: dict[str, Any] = {}
+            for k, v in p.extra.items():
+                pv = _pass_value(v)
+                if pv is not None:
+                    entry[str(k)] = pv
+            entry[self.field] = np.asarray(p.values, dtype=self.dtype).tobytes()
+            entry["ts"] = np.uint64(time.monotonic_ns()).tobytes()
+            entry["i"] = np.uint64(self.i).tobytes()
+            entry["t_end"] = np.float64(p.t_end).tobytes()
+            self.writer.add(entry)
+            self.i += 1
+        self.writer.flush()
+
+    def _disconnect(self) -> None:
+        if self.writer is not None and self.writer.pending:
+            self.writer.flush()
+        if self.conn is not None:
+            self.conn.close()
+
+
+@hookimpl
+def possm_register_sources(register):
+    register("redis", RedisSource, description="Redis stream of BRAND threshold crossings or binned spike counts")
+
+
+@hookimpl
+def possm_register_sinks(register):
+    register("redis", RedisSink, description="Redis stream entries with samples/ts/i, as BRAND nodes write them")
