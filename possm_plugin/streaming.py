@@ -118,6 +118,10 @@ class StreamingDecoder:
         max_future: events later than the watermark by more than this are dropped.
         max_tokens: spikes kept per chunk (default: the model's ``max_tokens_per_chunk``).
         max_latency_samples: latency samples kept (a ring of the most recent).
+        default_session: the session used when ``session`` is None (checkpoints name one).
+        fast: decode with :class:`~possm_plugin.fast.FastStep` (weights folded into tables; exact
+            same outputs as ``model.step`` up to float rounding). Call :meth:`refresh` after
+            changing the model's weights.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class StreamingDecoder:
         max_tokens: int | None = None,
         max_latency_samples: int = 100_000,
         default_session: str | None = None,
+        fast: bool = True,
     ) -> None:
         if n_streams < 1:
             raise ConfigError(f"n_streams must be >= 1, got {n_streams}")
@@ -167,6 +172,14 @@ class StreamingDecoder:
         self.stats = DecoderStats()
         self._state = model.initial_state(n_streams, device=self.device)
         self._warned: dict[str, float] = {}
+        self.fast = fast
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the inference step from the model's current weights."""
+        from .fast import FastStep
+
+        self._stepper = FastStep.from_model(self.model) if self.fast else self.model
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -358,22 +371,26 @@ class StreamingDecoder:
             chunks.append(c)
             spans.append((s, st.next_chunk, start, end, int(c.counts[0])))
             st.next_chunk += 1
-        width = max(c.units.shape[1] for c in chunks)
         b = len(streams)
-        units = torch.zeros(b, width, dtype=torch.long)
-        rel = torch.zeros(b, width)
-        mask = torch.zeros(b, width, dtype=torch.bool)
-        for i, c in enumerate(chunks):
-            w = c.units.shape[1]
-            units[i, :w] = torch.from_numpy(c.units[0])
-            rel[i, :w] = torch.from_numpy(c.times[0])
-            mask[i, :w] = torch.from_numpy(c.mask[0])
+        if b == 1:
+            c = chunks[0]
+            units, rel, mask = torch.from_numpy(c.units), torch.from_numpy(c.times), torch.from_numpy(c.mask)
+        else:
+            width = max(c.units.shape[1] for c in chunks)
+            units = torch.zeros(b, width, dtype=torch.long)
+            rel = torch.zeros(b, width)
+            mask = torch.zeros(b, width, dtype=torch.bool)
+            for i, c in enumerate(chunks):
+                w = c.units.shape[1]
+                units[i, :w] = torch.from_numpy(c.units[0])
+                rel[i, :w] = torch.from_numpy(c.times[0])
+                mask[i, :w] = torch.from_numpy(c.mask[0])
         t_start = time.perf_counter()
         idx = torch.as_tensor(streams, device=self.device)
         full = len(streams) == self.n_streams
         with torch.inference_mode():
             state = self._state if full else tuple(x.index_select(0, idx) for x in self._state)
-            out, new = self.model.step(
+            out, new = self._stepper.step(
                 units.to(self.device), rel.to(self.device), mask.to(self.device),
                 self._session if full else self._session.index_select(0, idx), state,
             )

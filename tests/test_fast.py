@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from possm_plugin.fast import FastStep
+from possm_plugin.tokenize import chunk_starts, collate, tokenize
+
+from conftest import make_tiny_model
+
+
+def _tokens(n_chunks, n_units, batch=3, seed=0):
+    rng = np.random.default_rng(seed)
+    items = []
+    for b in range(batch):
+        n = rng.poisson(30 * n_chunks)
+        t = np.sort(rng.uniform(0, n_chunks * 0.05, n))
+        r = rng.integers(1, n_units + 1, n)
+        keep = ~((t > 0.2 + 0.1 * b) & (t < 0.4 + 0.1 * b))  # silent chunks at different places
+        items.append(tokenize(r[keep], t[keep], starts=chunk_starts(0, n_chunks, 0.05), width=0.05))
+    return collate(items)
+
+
+@pytest.mark.parametrize(
+    "backbone,extra",
+    [
+        ("gru", {}),
+        ("gru", {"backbone_kwargs": {"hidden": 24, "layers": 3}}),
+        ("s4d", {}),
+        ("mamba", {}),
+        ("gru", {"num_latents": 2, "cross_heads": 2, "dim_head": 16}),
+        ("s4d", {"context_chunks": 5, "chunk_step": 0.025}),
+    ],
+)
+def test_fast_step_equals_model_step(backbone, extra):
+    m = make_tiny_model(backbone, n_units=20, **extra)
+    m.extend_sessions(["other"])
+    fast = FastStep.from_model(m)
+    t = _tokens(25, 20)
+    sess = torch.tensor([1, 2, 1])
+    s1, s2 = m.initial_state(3), m.initial_state(3)
+    worst = 0.0
+    with torch.inference_mode():
+        for i in range(25):
+            a, s1 = m.step(t["units"][:, i], t["times"][:, i], t["mask"][:, i], sess, s1)
+            b, s2 = fast.step(t["units"][:, i], t["times"][:, i], t["mask"][:, i], sess, s2)
+            worst = max(worst, (a - b).abs().max().item())
+            for x, y in zip(s1, s2):
+                assert torch.allclose(x.float(), y.float(), atol=1e-5)
+    assert worst <= 1e-5, worst
+
+
+def test_fast_step_is_rebuilt_after_weights_change():
+    m = make_tiny_model("gru", n_units=8)
+    fast = FastStep.from_model(m)
+    t = _tokens(1, 8, batch=1)
+    s = torch.tensor([1])
+    a, _ = fast.step(t["units"][:, 0], t["times"][:, 0], t["mask"][:, 0], s, m.initial_state(1))
+    with torch.no_grad():
+        m.unit_emb.weight.mul_(3.0)
+    stale, _ = fast.step(t["units"][:, 0], t["times"][:, 0], t["mask"][:, 0], s, m.initial_state(1))
+    fresh, _ = FastStep.from_model(m).step(t["units"][:, 0], t["times"][:, 0], t["mask"][:, 0], s, m.initial_state(1))
+    with torch.inference_mode():
+        ref, _ = m.step(t["units"][:, 0], t["times"][:, 0], t["mask"][:, 0], s, m.initial_state(1))
+    assert torch.equal(a, stale) and (fresh - ref).abs().max() <= 1e-5 and (fresh - a).abs().max() > 1e-4
