@@ -6,13 +6,23 @@ time up to which a stream is complete); every chunk whose end the watermark has 
 with the same code as training (:func:`possm_plugin.tokenize.tokenize`) and decoded with one O(1)
 ``model.step``. Several streams can be decoded in one batched step.
 
-Bad input never raises from ``push``/``advance``: NaN or inf times, unknown channels, events older
-than a chunk already decoded (late), exact duplicates, events too far in the future and oversized
-chunks are dropped and counted in :class:`DecoderStats` (and logged, rate-limited).
+Bad input never raises from ``push``/``advance``: NaN or inf times, times beyond
+``MAX_ABS_TIME``, non-numeric or complex arrays, unknown channels, events older than a chunk already
+decoded (late), exact duplicates, events too far in the future and oversized chunks are dropped and
+counted in :class:`DecoderStats` (and logged, rate-limited); unusable watermarks are ignored and
+counted in ``watermarks_invalid``.
 
 Gaps: if a stream's watermark jumps more than ``max_gap`` seconds past its last decoded chunk (the
 source vanished and came back), the stream's state is reset and its chunk grid re-anchored at the
-first chunk after the gap; the skipped chunks are counted in ``chunks_skipped``.
+first chunk after the gap; the skipped chunks are counted in ``chunks_skipped`` and the events still
+buffered for them in ``spikes_skipped``. Likewise a stretch of more than ``max_gap`` seconds without
+events inside the chunks a watermark completes (e.g. one far-off timestamp in a stream's first batch)
+is skipped, not decoded chunk by chunk. A watermark more than ``max_gap`` seconds *behind* the
+stream's latest one means the source's clock restarted (or the latest time was bogus): the stream is
+reset and its grid re-anchored there.
+
+Accounting: with ``chunk_step == chunk_width``, ``spikes_in == spikes_decoded + spikes_dropped +``
+the events still buffered (:meth:`StreamingDecoder.buffered`), exactly.
 """
 
 from __future__ import annotations
@@ -32,9 +42,13 @@ from .io import Prediction
 from .model import POSSM
 from .tokenize import tokenize
 
-__all__ = ["StreamingDecoder", "DecoderStats"]
+__all__ = ["StreamingDecoder", "DecoderStats", "MAX_ABS_TIME"]
 
 log = logging.getLogger("possm_plugin.streaming")
+
+#: event times and watermarks beyond +-this many seconds (~317 years) are invalid: chunk arithmetic on
+#: such magnitudes loses sub-millisecond precision (e.g. a unix time in ms taken for seconds)
+MAX_ABS_TIME = 1e10
 
 
 @dataclass
@@ -52,6 +66,8 @@ class DecoderStats:
     spikes_duplicate: int = 0
     spikes_future: int = 0
     spikes_truncated: int = 0
+    spikes_skipped: int = 0
+    watermarks_invalid: int = 0
     resets: int = 0
     compute_ms: list[float] = field(default_factory=list)
     publish_ms: list[float] = field(default_factory=list)
@@ -60,7 +76,7 @@ class DecoderStats:
     def spikes_dropped(self) -> int:
         return (
             self.spikes_late + self.spikes_invalid + self.spikes_unknown + self.spikes_duplicate
-            + self.spikes_future + self.spikes_truncated
+            + self.spikes_future + self.spikes_truncated + self.spikes_skipped
         )
 
     def summary(self) -> dict:
@@ -83,6 +99,8 @@ class DecoderStats:
             "spikes_duplicate": self.spikes_duplicate,
             "spikes_future": self.spikes_future,
             "spikes_truncated": self.spikes_truncated,
+            "spikes_skipped": self.spikes_skipped,
+            "watermarks_invalid": self.watermarks_invalid,
             "resets": self.resets,
             "compute_ms": pct(self.compute_ms),
             "publish_ms": pct(self.publish_ms),
@@ -207,6 +225,11 @@ class StreamingDecoder:
     def t0(self, stream: int = 0) -> float | None:
         return self.streams[stream].t0
 
+    def buffered(self, stream: int | None = None) -> int:
+        """Events pushed and kept but not yet decoded (one stream, or all)."""
+        idx = range(self.n_streams) if stream is None else [stream]
+        return sum(len(self.streams[i].times) for i in idx)
+
     # -- state -----------------------------------------------------------------------------
     def reset(self, stream: int | None = None) -> None:
         """Forget the recurrent state and buffered events of one stream (or all); the grid is
@@ -218,6 +241,7 @@ class StreamingDecoder:
                 for s, f in zip(self._state, fresh):
                     s[i] = f[0]
                 st = self.streams[i]
+                self.stats.spikes_skipped += len(st.times)
                 self.streams[i] = _Stream(st.session_row)
         self.stats.resets += 1
 
@@ -230,10 +254,20 @@ class StreamingDecoder:
     # -- input -----------------------------------------------------------------------------
     def push(self, channels: np.ndarray, times: np.ndarray, *, stream: int = 0) -> int:
         """Buffer events (channel indices, times on the source clock); returns how many were kept."""
-        ch = np.asarray(channels).reshape(-1)
-        tt = np.asarray(times).reshape(-1)
+        try:
+            tt = np.asarray(times).reshape(-1)
+        except (TypeError, ValueError):  # ragged nested sequences
+            n = len(times) if hasattr(times, "__len__") else 1
+            self.stats.spikes_in += n
+            self.stats.spikes_invalid += n
+            self._warn("dtype", "dropped %d events: times are not a flat numeric array", n)
+            return 0
         n = len(tt)
         self.stats.spikes_in += n
+        try:
+            ch = np.asarray(channels).reshape(-1)
+        except (TypeError, ValueError):
+            ch = np.zeros(n + 1)  # a length mismatch: dropped below
         if len(ch) != n:
             self.stats.spikes_invalid += n
             self._warn("shape", "dropped %d events: %d channels for %d times", n, len(ch), n)
@@ -242,24 +276,25 @@ class StreamingDecoder:
             return 0
         st = self.streams[stream]
         try:
+            if tt.dtype.kind not in "biufO" or ch.dtype.kind not in "biufO":  # complex, strings, dates: not events
+                raise TypeError(f"dtypes {ch.dtype}/{tt.dtype}")
             tt = tt.astype(np.float64, copy=False)
             chf = ch.astype(np.float64, copy=False)
         except (TypeError, ValueError):
             self.stats.spikes_invalid += n
             self._warn("dtype", "dropped %d events with non-numeric channels or times", n)
             return 0
-        ok = np.isfinite(tt) & np.isfinite(chf)
+        ok = np.isfinite(tt) & np.isfinite(chf) & (np.abs(tt) <= MAX_ABS_TIME)
         bad = int(n - ok.sum())
         if bad:
             self.stats.spikes_invalid += bad
-            self._warn("nan", "dropped %d events with NaN/inf time or channel", bad)
-        chi = np.where(ok, chf, -1).astype(np.int64)
-        known = ok & (chi >= 0) & (chi < self.n_channels) & (chf == np.floor(chf))
+            self._warn("nan", "dropped %d events with NaN/inf/absurd time or NaN/inf channel", bad)
+        known = ok & (chf >= 0) & (chf < self.n_channels) & (chf == np.floor(chf))
         unknown = int(ok.sum() - known.sum())
         if unknown:
             self.stats.spikes_unknown += unknown
             self._warn("unknown", "dropped %d events on channels outside 0..%d", unknown, self.n_channels - 1)
-        chi, tt = chi[known], tt[known]
+        chi, tt = chf[known].astype(np.int64), tt[known]
         if st.t0 is None and self._t0 is None and len(tt):
             st.t0 = float(tt.min())
         elif st.t0 is None and self._t0 is not None:
@@ -303,9 +338,10 @@ class StreamingDecoder:
         if st.t0 is None:
             return 0
         end0 = st.t0 + st.next_chunk * self.chunk_step + self.chunk_width
-        if watermark < end0:
+        eps = 1e-6  # a watermark computed another way (t + w, k * dt) may miss a chunk end by an ulp
+        if watermark < end0 - eps:
             return 0
-        return int(math.floor((watermark - end0) / self.chunk_step + 1e-9)) + 1
+        return int(math.floor((watermark - end0 + eps) / self.chunk_step)) + 1
 
     def advance(self, watermark: float | None, *, stream: int = 0) -> list[Prediction]:
         """Decode every chunk of ``stream`` that ends at or before ``watermark``."""
@@ -314,10 +350,25 @@ class StreamingDecoder:
     def advance_many(self, watermarks: dict[int, float | None]) -> list[Prediction]:
         """Decode ready chunks of several streams, batching streams that are ready together."""
         pending: dict[int, int] = {}
+        out: list[Prediction] = []
         for s, wm in watermarks.items():
-            if wm is None or not math.isfinite(wm):
+            if wm is None:
+                continue
+            try:
+                wm = float(wm)
+            except (TypeError, ValueError):
+                wm = math.nan
+            if not (math.isfinite(wm) and abs(wm) <= MAX_ABS_TIME):
+                self.stats.watermarks_invalid += 1
+                self._warn("watermark", "ignored an unusable watermark %r (NaN, inf, beyond %g s or not a number)", watermarks[s], MAX_ABS_TIME)
                 continue
             st = self.streams[s]
+            if st.last_watermark is not None and wm < st.last_watermark - self.max_gap - self.chunk_width:
+                self._warn("clock", "stream %d: watermark went back %.2f s (the source's clock restarted, or a time was bogus); "
+                           "state reset, chunk grid re-anchored", s, st.last_watermark - wm)
+                self.stats.spikes_skipped += len(st.times)
+                self._reset_state(s)
+                st = self.streams[s] = _Stream(st.session_row)
             if st.t0 is None:
                 st.t0 = float(self._t0) if self._t0 is not None else float(wm)
             if st.last_watermark is None or wm > st.last_watermark:
@@ -330,12 +381,12 @@ class StreamingDecoder:
                 self._reset_state(s)
                 st.next_chunk += n_ready
                 keep = st.times >= st.t0 + st.next_chunk * self.chunk_step
+                self.stats.spikes_skipped += int(len(keep) - keep.sum())
                 st.rows, st.times = st.rows[keep], st.times[keep]
                 continue
-            n = self.ready(wm, stream=s)
+            n = self._skip_silences(s, wm, out)
             if n:
                 pending[s] = n
-        out: list[Prediction] = []
         while pending:
             batch = sorted(pending)
             out.extend(self._decode(batch))
@@ -344,6 +395,49 @@ class StreamingDecoder:
                 if pending[s] == 0:
                     del pending[s]
         return out
+
+    def _skip_silences(self, s: int, wm: float, out: list[Prediction]) -> int:
+        """How many chunks of stream ``s`` the watermark completes, once every stretch of more than
+        ``max_gap`` seconds without events among them is dealt with: the chunks before it are decoded
+        (into ``out``), the chunks inside it skipped (counted) and the state reset."""
+        limit = self.max_gap + self.chunk_width
+        step, width = self.chunk_step, self.chunk_width
+        while True:
+            n = self.ready(wm, stream=s)
+            st = self.streams[s]
+            if n == 0:
+                return 0
+            start = st.t0 + st.next_chunk * step
+            horizon = start + (n - 1) * step + width  # end of the last chunk the watermark completes
+            if horizon - start <= limit:
+                return n
+            ev = st.times[: int(np.searchsorted(st.times, horizon, side="left"))]
+            marks = np.concatenate(([start], ev, [horizon]))
+            big = np.flatnonzero(np.diff(marks) > limit)
+            if not len(big):
+                return n
+            i = int(big[0])
+            a, b = float(marks[i]), float(marks[i + 1])
+            if i > 0:  # events before the silence: decode every chunk that starts at or before the last one
+                k_a = int(math.floor((a - st.t0) / step))
+                for _ in range(k_a - st.next_chunk + 1):
+                    out.extend(self._decode([s]))
+            if i + 1 < len(marks) - 1:  # an event ends the silence: keep the first chunk that holds it
+                k_b = int(math.floor((b - width - st.t0) / step)) + 1
+                while k_b > st.next_chunk and st.t0 + k_b * step > b:
+                    k_b -= 1
+            else:  # silent up to the watermark
+                k_b = st.next_chunk + self.ready(wm, stream=s)
+            skipped = k_b - st.next_chunk
+            if skipped <= 0:
+                return self.ready(wm, stream=s)
+            self._warn("gap", "stream %d: %.2f s without events; state reset, %d chunks skipped", s, b - a, skipped)
+            self.stats.chunks_skipped += skipped
+            self._reset_state(s)
+            st.next_chunk = k_b
+            keep = st.times >= st.t0 + k_b * step
+            self.stats.spikes_skipped += int(len(keep) - keep.sum())
+            st.rows, st.times = st.rows[keep], st.times[keep]
 
     def _reset_state(self, s: int) -> None:
         fresh = self.model.initial_state(1, device=self.device)

@@ -23,5 +23,7 @@ want="$(cat pyproject.toml tests/plugin_pkg/pyproject.toml 2>/dev/null | sha256s
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import possm_plugin" 2>/dev/null; then
   echo "setup: installing possm-plugin and its extras" >&2
   $PY -m pip install -q -e ".[all]"
+  # Timeflux 0.17.2 pins old numpy/networkx: install it without its pins (its needs are in [timeflux])
+  $PY -m pip install -q --no-deps "timeflux==0.17.2"
   echo "$want" > "$stamp"
 fi

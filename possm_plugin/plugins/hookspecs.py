@@ -29,9 +29,9 @@ from .markers import hookspec
 
 __all__ = [
     "possm_register_backbones",
-    "possm_register_sources",
-    "possm_register_sinks",
     "possm_register_decoder_nodes",
+    "possm_register_sinks",
+    "possm_register_sources",
 ]
 
 
@@ -63,7 +63,8 @@ def possm_register_sources(register):
 
     Call ``register(name, factory, description="...")`` where ``factory(**options)`` returns a
     :class:`possm_plugin.io.SpikeSource` (``connect``/``acquire``/``disconnect``). The options come
-    from the command line (``possm-lsl --source NAME --source-opt key=value``), as strings.
+    from the command line (``possm-lsl --source NAME --source-opt key=value``: numbers, booleans and
+    ``None`` are parsed, anything else stays a string).
 
     Example::
 
@@ -78,7 +79,8 @@ def possm_register_sinks(register):
     """Register prediction sinks.
 
     Call ``register(name, factory, description="...")`` where ``factory(**options)`` returns a
-    :class:`possm_plugin.io.PredictionSink` (``connect``/``publish``/``disconnect``).
+    :class:`possm_plugin.io.PredictionSink` (``connect``/``publish``/``disconnect``); options come
+    from ``possm-lsl --sink NAME --sink-opt key=value``.
 
     Example::
 

@@ -1,0 +1,1 @@
+"""A test plugin for possm-plugin (see the README)."""
