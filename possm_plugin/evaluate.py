@@ -14,41 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import PreparedSession
+from .metrics import ctc_greedy_decode, edit_distance, r2_score
 from .model import POSSM
 from .tokenize import collate
 
-__all__ = ["r2_score", "evaluate_prepared", "predict_span", "edit_distance", "ctc_greedy"]
-
-
-def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """R2 of each column of (M, C) arrays."""
-    y_true = np.asarray(y_true, np.float64)
-    y_pred = np.asarray(y_pred, np.float64)
-    ss_res = ((y_true - y_pred) ** 2).sum(0)
-    ss_tot = ((y_true - y_true.mean(0)) ** 2).sum(0)
-    return 1.0 - ss_res / np.maximum(ss_tot, 1e-12)
-
-
-def edit_distance(a, b) -> int:
-    a, b = list(a), list(b)
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
-
-
-def ctc_greedy(logits: np.ndarray) -> list[int]:
-    """Greedy CTC decode of (T, C+1) scores with blank = 0; returns labels 0..C-1."""
-    best = np.asarray(logits).argmax(-1)
-    out, prev = [], -1
-    for v in best:
-        if v != prev and v != 0:
-            out.append(int(v) - 1)
-        prev = v
-    return out
+__all__ = ["evaluate_prepared", "predict_span", "loss_fn"]
 
 
 @torch.no_grad()
@@ -100,9 +70,9 @@ def evaluate_prepared(model: POSSM, sessions: list[PreparedSession], *, split: s
                         correct += int(out[-1].argmax() == ps.session.trial_labels[k])
                         total += 1
                     else:
-                        hyp = ctc_greedy(out)
-                        ref = ps.session.trial_labels_seq(k).tolist()
-                        errs += edit_distance(hyp, ref)
+                        hyp = ctc_greedy_decode(out)
+                        ref = ps.session.trial_labels_seq(k)
+                        errs += edit_distance(ref, hyp)
                         ref_len += len(ref)
                 per[ps.sid] = correct / max(total, 1) if readout == "classification" else errs / max(ref_len, 1)
     finally:

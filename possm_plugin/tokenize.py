@@ -1,7 +1,10 @@
 """Cutting spike events into chunks of tokens: the one code path for training, replay and streaming.
 
 A chunk ``i`` covers ``[start_i, start_i + width)`` with ``start_i = t0 + i * step`` (half-open: a
-spike exactly on a boundary belongs to the later chunk). A token is a spike: the row of its unit in
+spike exactly on a boundary belongs to the later chunk). When ``step == width`` the chunks tile the
+time line, but ``start_i + width`` and ``start_{i+1}`` are rounded separately and may differ by an ulp
+at large clock values (e.g. unix time): a chunk's end within a few ulps of the next chunk's start is
+taken to *be* that start, so a spike on a boundary is in exactly one chunk, never in none or two. A token is a spike: the row of its unit in
 the model's unit vocabulary and its time relative to the chunk start. A chunk without spikes gets
 one blank token (row 0, time 0). Within a chunk tokens are in time order.
 
@@ -17,7 +20,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["Chunks", "chunk_starts", "tokenize", "collate", "n_chunks_between"]
+__all__ = ["Chunks", "chunk_starts", "chunk_ends", "tokenize", "collate", "n_chunks_between"]
 
 
 @dataclass
@@ -63,6 +66,7 @@ def tokenize(
     starts: np.ndarray,
     width: float,
     max_tokens: int | None = None,
+    next_start: float | None = None,
 ) -> Chunks:
     """Tokenize spikes into the chunks beginning at ``starts``.
 
@@ -73,6 +77,8 @@ def tokenize(
         width: chunk width in seconds.
         max_tokens: keep at most this many spikes per chunk (the earliest); the rest are counted in
             ``dropped``.
+        next_start: start of the chunk after the last one, on the same grid (``t0 + T * step``): the
+            last chunk's end snaps to it like the others' (see the module docstring).
 
     Spikes outside every chunk are ignored.
     """
@@ -89,7 +95,7 @@ def tokenize(
     if len(times) and not np.all(np.diff(times) >= 0):
         order = np.argsort(times, kind="stable")
         times, unit_rows = times[order], unit_rows[order]
-    ends = starts + width
+    ends = chunk_ends(starts, width, next_start)
     # chunk range of each spike: first chunk whose end is after it, last chunk starting at or before it
     first = np.searchsorted(ends, times, side="right")
     last = np.searchsorted(starts, times, side="right") - 1
@@ -117,6 +123,22 @@ def tokenize(
     mask[chunk_idx, pos] = True
     mask[counts == 0, 0] = True  # blank token: row 0 at time 0
     return Chunks(units=units, times=rel, mask=mask, starts=starts, counts=counts, dropped=dropped)
+
+
+def chunk_ends(starts: np.ndarray, width: float, next_start: float | None = None) -> np.ndarray:
+    """Chunk ends ``starts + width``, each end within a few ulps of the following start moved onto it.
+
+    When ``step == width`` the chunks tile time exactly although ``start_i + width`` and
+    ``start_{i+1}`` are rounded separately, so a spike on a boundary is in exactly one chunk.
+    ``next_start`` is the start after the last chunk.
+    """
+    starts = np.asarray(starts, dtype=np.float64).reshape(-1)
+    ends = starts + width
+    nxt = np.append(starts[1:], np.nan if next_start is None else float(next_start))
+    tol = 8 * np.spacing(np.abs(ends))
+    snap = np.abs(nxt - ends) <= tol  # False where nxt is NaN
+    ends[snap] = nxt[snap]
+    return ends
 
 
 def collate(items: list[Chunks], *, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:

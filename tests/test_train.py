@@ -8,7 +8,8 @@ import torch
 from possm_plugin.checkpoint import load_checkpoint
 from possm_plugin.data import prepare_sessions
 from possm_plugin.errors import ConfigError
-from possm_plugin.evaluate import evaluate_prepared, r2_score
+from possm_plugin.evaluate import evaluate_prepared
+from possm_plugin.metrics import r2_score
 from possm_plugin.finetune import add_sessions, finetune
 from possm_plugin.sim import simulate_handwriting_sessions, simulate_motor_session, simulate_motor_sessions, simulate_phoneme_sessions, write_sessions
 from possm_plugin.train import TrainConfig, build_model, fit, load_train_config, train

@@ -1,0 +1,270 @@
+"""Binned data -> spike events -> a :class:`~possm_plugin.session.Session`.
+
+Many public data sets keep only spike counts per time bin. POSSM reads spike *events*, so the
+importer puts each bin's count back as that many events inside the bin. Two placements:
+
+* ``"uniform"`` (default): each event at an independent uniformly random time inside its bin, from
+  a seeded generator (``seed``), so the same call always gives the same events;
+* ``"even"``: the ``n`` events of a bin at ``start + ((j + 0.5) / n - 1e-6) * bin_s`` (the centres of
+  n equal slots, nudged a millionth of a bin early so that no event lies exactly on the boundary of a
+  finer chunk grid, such as POSSM's 50 ms chunks over 100 ms bins). No randomness; spike timing
+  within a bin then carries no information.
+
+Either way the events stay strictly inside their bin (at least ``1e-6 * bin_s`` from both edges), so
+binning them again on the same grid gives the original counts exactly, and cutting the bins into
+halves (or any finer grid that does not cut within a millionth of a bin of an event) loses none.
+Bin ``k`` starts at ``t0 + k * bin_s`` (:func:`~possm_plugin.tokenize.chunk_starts`). Whatever
+happened inside a bin is lost: sub-bin timing in such a session is invented, and a model should not
+be credited for it.
+
+Behaviour is given per bin; it is stamped at the bin *end* by default (``label_at="end"``): a causal
+decoder that has seen the bin's spikes decodes the bin's value, as the usual binned decoders do. Use
+``label_at="center"`` when the value is a bin average and you prefer to place it mid-bin.
+
+:func:`load_chewie` applies this to the real recording in ``shared/data`` (see its README).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..session import PHASE_OTHER, PHASE_REACH, Session
+from ..tokenize import chunk_starts
+
+__all__ = [
+    "PLACEMENTS",
+    "counts_to_events",
+    "session_from_counts",
+    "load_chewie",
+    "CHEWIE_FILE",
+    "CHEWIE_TARGET_SCALE",
+]
+
+PLACEMENTS = ("uniform", "even")
+#: File name of the real session in ``shared/data``.
+CHEWIE_FILE = "chewie_m1_center_out_2013-10-03_100ms.npz"
+#: Chewie's hand velocity has a standard deviation of about 8.5 per axis; divided by 10 it is unit size.
+CHEWIE_TARGET_SCALE = 10.0
+_MARGIN = 1e-6  # of a bin, kept free at both edges
+
+
+def _as_counts(counts: np.ndarray) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 2:
+        raise DataError(f"counts must be (bins, units), got shape {c.shape}")
+    if not np.all(np.isfinite(c)) or (c.size and c.min() < 0):
+        raise DataError("counts must be finite and >= 0")
+    r = np.round(c)
+    if c.size and np.abs(c - r).max() > 1e-3:
+        raise DataError(
+            f"counts must be whole numbers (largest deviation {np.abs(c - r).max():.3g}); if you have rates, "
+            "multiply them by the bin width first"
+        )
+    return r.astype(np.int64)
+
+
+def counts_to_events(
+    counts: np.ndarray,
+    *,
+    bin_s: float,
+    t0: float = 0.0,
+    placement: str = "uniform",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spike events of binned counts.
+
+    Args:
+        counts: (T, U) non-negative whole numbers (float or int).
+        bin_s: bin width, seconds; bin ``k`` is ``[t0 + k * bin_s, t0 + (k + 1) * bin_s)``.
+        t0: start of the first bin.
+        placement: ``"uniform"`` (random within the bin, seeded) or ``"even"`` (evenly spread).
+        seed: seed of the uniform placement.
+
+    Returns:
+        times (S,) float64 sorted ascending and units (S,) int32 (column of ``counts``).
+    """
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if not (np.isfinite(bin_s) and bin_s > 0):
+        raise ConfigError(f"bin_s must be a positive number of seconds, got {bin_s!r}")
+    c = _as_counts(counts)
+    n_bins, n_units = c.shape
+    starts = chunk_starts(float(t0), n_bins, float(bin_s))
+    flat = c.reshape(-1)
+    total = int(flat.sum())
+    cell = np.repeat(np.arange(flat.size), flat)  # one entry per event: bin * U + unit
+    bins, units = cell // n_units, (cell % n_units).astype(np.int32)
+    if placement == "uniform":
+        lo, span = _MARGIN * bin_s, (1 - 2 * _MARGIN) * bin_s
+        frac = np.random.default_rng(seed).random(total)
+    else:
+        # centres of n equal slots, all nudged 1e-6 of a bin early: a lone event must not sit exactly
+        # on the bin's midpoint, which is a chunk boundary when the bin is cut into finer chunks
+        lo, span = 0.0, bin_s
+        n = flat[cell]
+        j = np.arange(total) - np.repeat(np.cumsum(flat) - flat, flat)  # rank of the event in its cell
+        frac = (j + 0.5) / n - _MARGIN
+    times = starts[bins] + lo + frac * span
+    # keep every event inside [start, start + bin_s) despite rounding
+    times = np.minimum(np.maximum(times, starts[bins]), np.nextafter(starts[bins] + bin_s, -np.inf))
+    order = np.argsort(times, kind="stable")
+    return times[order], units[order]
+
+
+def session_from_counts(
+    counts: np.ndarray,
+    *,
+    bin_s: float,
+    targets: np.ndarray,
+    session_id: str,
+    target_names: list[str] | None = None,
+    trial_lengths: np.ndarray | None = None,
+    unit_ids: list[str] | None = None,
+    phase: np.ndarray | int = PHASE_OTHER,
+    subject: str = "unknown",
+    t0: float = 0.0,
+    placement: str = "uniform",
+    seed: int = 0,
+    label_at: str = "end",
+    target_scale: float = 1.0,
+    meta: dict | None = None,
+) -> Session:
+    """A regression session from binned counts and per-bin behaviour.
+
+    Args:
+        counts: (T, U) spike counts per bin.
+        bin_s: bin width, seconds.
+        targets: (T, C) behaviour of each bin (e.g. hand velocity).
+        session_id: the session id (unit ids become ``session_id/uNNN`` unless ``unit_ids`` is given).
+        target_names: names of the C outputs (default ``vx, vy`` for 2, else ``y0, y1, ...``).
+        trial_lengths: (K,) bins per trial, laid back to back from the first bin (must sum to T);
+            None: the whole recording is one trial.
+        unit_ids: full unit ids (``session/unit``), one per column.
+        phase: (T,) phase of every bin, or one phase for all.
+        subject: subject id.
+        t0: start time of the first bin.
+        placement, seed: how events are placed in their bins (see the module docstring).
+        label_at: ``"end"`` (default) or ``"center"``: where each bin's behaviour is stamped.
+        target_scale: targets are divided by it for training (pick it so they are about unit size).
+        meta: extra JSON-able information; the importer adds its own choices under ``"import"``.
+    """
+    c = _as_counts(counts)
+    n_bins, n_units = c.shape
+    y = np.asarray(targets, dtype=np.float32)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.shape[0] != n_bins:
+        raise DataError(f"targets has {y.shape[0]} rows but counts has {n_bins} bins")
+    if target_names is None:
+        target_names = ["vx", "vy"] if y.shape[1] == 2 else [f"y{i}" for i in range(y.shape[1])]
+    if label_at not in ("end", "center"):
+        raise ConfigError(f"label_at must be 'end' or 'center', got {label_at!r}")
+    if unit_ids is None:
+        unit_ids = [f"{session_id}/u{i:03d}" for i in range(n_units)]
+    if len(unit_ids) != n_units:
+        raise DataError(f"{len(unit_ids)} unit ids for {n_units} count columns")
+    if trial_lengths is None:
+        trial_lengths = np.asarray([n_bins])
+    trial_lengths = np.asarray(trial_lengths, dtype=np.int64).reshape(-1)
+    if trial_lengths.size and (trial_lengths.min() <= 0 or trial_lengths.sum() != n_bins):
+        raise DataError(f"trial_lengths must be positive and sum to the {n_bins} bins, got sum {trial_lengths.sum()}")
+    ph = np.asarray(phase, dtype=np.int8)
+    ph = np.full(n_bins, int(ph), dtype=np.int8) if ph.ndim == 0 else ph.reshape(-1)
+    if len(ph) != n_bins:
+        raise DataError(f"phase has {len(ph)} entries but counts has {n_bins} bins")
+
+    times, units = counts_to_events(c, bin_s=bin_s, t0=t0, placement=placement, seed=seed)
+    edges = chunk_starts(float(t0), n_bins + 1, float(bin_s))  # bin k: [edges[k], edges[k + 1])
+    label_times = edges[1:] if label_at == "end" else edges[:-1] + 0.5 * bin_s
+    bounds = edges[np.concatenate([[0], np.cumsum(trial_lengths)])]
+    trials = np.stack([bounds[:-1], bounds[1:]], axis=1)  # contiguous: trial k ends where k+1 starts
+    info = {"source": "binned", "bin_s": float(bin_s), "placement": placement, "seed": int(seed), "label_at": label_at}
+    meta = dict(meta or {})
+    meta["import"] = info
+    json.dumps(meta)  # must be JSON-able: raises TypeError early otherwise
+    return Session(
+        session_id=session_id,
+        spike_times=times,
+        spike_units=units,
+        unit_ids=unit_ids,
+        target_times=label_times,
+        targets=y,
+        trials=trials,
+        subject=subject,
+        task="regression",
+        target_names=target_names,
+        phase=ph,
+        target_scale=target_scale,
+        meta=meta,
+    )
+
+
+def load_chewie(
+    path: str | Path,
+    *,
+    target: str = "velocity",
+    placement: str = "uniform",
+    seed: int = 0,
+    label_at: str = "end",
+    target_scale: float = CHEWIE_TARGET_SCALE,
+    session_id: str = "chewie-20131003",
+) -> Session:
+    """The real Chewie M1 centre-out session (174 units, 1640 bins of 100 ms, 159 trials) as a Session.
+
+    Args:
+        path: the ``.npz`` file, or the folder holding :data:`CHEWIE_FILE` (e.g. ``shared/data``).
+        target: ``"velocity"`` (default), ``"position"``, ``"acceleration"`` or ``"force"`` (x, y).
+        placement, seed, label_at: see :func:`session_from_counts`.
+        target_scale: default :data:`CHEWIE_TARGET_SCALE` (velocity / 10 is about unit size).
+        session_id: the session id; units are ``<session_id>/u000`` .. ``u173``.
+
+    Counts are ``rates_hz * 0.1`` (whole numbers). Trials (the movement period of each reach) are laid
+    back to back on one clock from 0 s, every bin is in the reach phase, and the reach target (0-7) of
+    each trial is kept in ``meta["reach_target"]``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHEWIE_FILE
+    if not path.is_file():
+        raise DataError(f"Chewie data file {str(path)!r} does not exist; pass the path of {CHEWIE_FILE} or its folder")
+    names = {"velocity": ("vx", "vy"), "position": ("px", "py"), "acceleration": ("ax", "ay"), "force": ("fx", "fy")}
+    if target not in names:
+        raise ConfigError(f"target must be one of {sorted(names)}, got {target!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{str(path)!r} is not a readable NPZ file ({exc})") from None
+    missing = [k for k in ("rates_hz", "bin_s", "trial_lengths", target) if k not in d]
+    if missing:
+        raise DataError(f"{str(path)!r} lacks {missing}")
+    bin_s = float(f"{float(d['bin_s']):.7g}")  # stored as float32 (0.1000000015); the grid uses exactly 0.1
+    counts = d["rates_hz"].astype(np.float64) * bin_s
+    lengths = d["trial_lengths"].astype(np.int64)
+    reach = d["target"].astype(np.int64) if "target" in d else None
+    first_bins = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    meta = {
+        "dataset": "Chewie M1 centre-out 2013-10-03 (Dyer et al. 2017; nerdslab/myow)",
+        "file": path.name,
+        "target": target,
+        "reach_target": reach[first_bins].tolist() if reach is not None else [],
+    }
+    return session_from_counts(
+        counts,
+        bin_s=bin_s,
+        targets=d[target],
+        target_names=list(names[target]),
+        trial_lengths=lengths,
+        session_id=session_id,
+        phase=PHASE_REACH,
+        subject="chewie",
+        placement=placement,
+        seed=seed,
+        label_at=label_at,
+        target_scale=target_scale,
+        meta=meta,
+    )
