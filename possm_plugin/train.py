@@ -28,7 +28,7 @@ from .model import POSSM
 from .optim import Lamb, flat_cosine
 from .session import Session, load_sessions
 
-__all__ = ["TrainConfig", "load_train_config", "build_model", "train", "fit", "primary_metric"]
+__all__ = ["TrainConfig", "load_train_config", "build_model", "make_optimizer", "train", "fit", "primary_metric"]
 
 log = logging.getLogger("possm_plugin.train")
 
@@ -62,6 +62,21 @@ class TrainConfig:
     default_session: str | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # YAML can put any type anywhere: check them before any comparison
+            v, want = getattr(self, f.name), _FIELD_TYPES[f.name]
+            if v is None and "none" in want:
+                continue
+            ok = (
+                ("int" in want and isinstance(v, int) and not isinstance(v, bool))
+                or ("float" in want and isinstance(v, (int, float)) and not isinstance(v, bool))
+                or ("str" in want and isinstance(v, str))
+                or ("bool" in want and isinstance(v, bool))
+                or ("dict" in want and isinstance(v, dict))
+            )
+            if not ok:
+                raise ConfigError(f"train config: {f.name}={v!r} has the wrong type; expected {' or '.join(want)}")
+        if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in self.phase_weights.items()):
+            raise ConfigError(f"train config: phase_weights={self.phase_weights!r} must map phase names to numbers")
         if self.optimizer not in ("adamw", "lamb"):
             raise ConfigError(f"train config: optimizer={self.optimizer!r} must be 'adamw' or 'lamb'")
         for name in ("epochs", "batch_size", "window_chunks"):
@@ -82,6 +97,15 @@ class TrainConfig:
     def phase_weight_tuple(self) -> tuple[float, float, float]:
         pw = {"other": 1.0, "hold": 0.1, "reach": 5.0, **self.phase_weights}
         return (float(pw["other"]), float(pw["hold"]), float(pw["reach"]))
+
+
+_FIELD_TYPES: dict[str, tuple[str, ...]] = {
+    "model": ("dict",), "data": ("str", "none"), "valid_fraction": ("float",), "epochs": ("int",), "batch_size": ("int",),
+    "lr": ("float",), "weight_decay": ("float",), "optimizer": ("str",), "flat_fraction": ("float",),
+    "window_chunks": ("int",), "unit_dropout": ("float",), "phase_weights": ("dict",), "grad_clip": ("float",),
+    "seed": ("int",), "device": ("str",), "num_threads": ("int", "none"), "out": ("str",), "progress": ("bool",),
+    "default_session": ("str", "none"),
+}
 
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -133,6 +157,8 @@ def model_config_from(spec: dict[str, Any], sessions: list[Session]) -> ModelCon
     if "preset" in spec:
         size = spec.pop("preset")
         backbone = spec.pop("backbone", "gru")
+        if not isinstance(size, str) or not isinstance(backbone, str):
+            raise ConfigError(f"model: preset={size!r} and backbone={backbone!r} must be names (e.g. preset: small, backbone: gru)")
         return preset(size, backbone, **{**derived, **spec})
     return ModelConfig.from_dict({**derived, **spec})
 
@@ -145,8 +171,13 @@ def build_model(spec: dict[str, Any], sessions: list[Session], *, seed: int = 0)
     torch.manual_seed(seed)
     cfg = model_config_from(spec, sessions)
     units = [u for s in sessions for u in s.unit_ids]
-    return POSSM(cfg, unit_ids=units, session_ids=[s.session_id for s in sessions],
-                 session_units={s.session_id: list(s.unit_ids) for s in sessions})
+    try:
+        return POSSM(cfg, unit_ids=units, session_ids=[s.session_id for s in sessions],
+                     session_units={s.session_id: list(s.unit_ids) for s in sessions})
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. backbone_kwargs of the wrong type
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"model config {spec!r} does not build a model: {exc}") from None
 
 
 def primary_metric(metrics: dict) -> float:
@@ -191,6 +222,14 @@ def _load_optim(opt: torch.optim.Optimizer, path: Path) -> dict:
     return extra
 
 
+def make_optimizer(model: POSSM, params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``params``: weight decay on matrices, none on biases, norms and embeddings."""
+    decay = [p for p in params if p.ndim >= 2 and p is not model.unit_emb.weight and p is not model.session_emb.weight]
+    no_decay = [p for p in params if not any(p is q for q in decay)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return Lamb(groups, lr=cfg.lr) if cfg.optimizer == "lamb" else torch.optim.AdamW(groups, lr=cfg.lr)
+
+
 def fit(
     model: POSSM,
     train_sessions: list[Session],
@@ -226,10 +265,7 @@ def fit(
     trainable = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
-    decay = [p for p in params if p.ndim >= 2 and p is not model.unit_emb.weight and p is not model.session_emb.weight]
-    no_decay = [p for p in params if not any(p is q for q in decay)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = Lamb(groups, lr=cfg.lr) if cfg.optimizer == "lamb" else torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = make_optimizer(model, params, cfg)
     if optim_state is not None:
         _load_optim(opt, optim_state)
     steps_per_epoch = len(sampler.epoch(cfg.batch_size))

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "info": ".info",
     "plugins": ".plugins",
     "demo": ".demo",
+    "pretrain": ".pretrain",
 }
 
 
