@@ -28,12 +28,14 @@ class SpikeBatch:
         times: (S,) float64 event times on the source clock (seconds).
         watermark: every event with time < watermark has been delivered (None: unknown, e.g. no data).
         labels: optional behaviour samples that arrived with the spikes: (times (M,), values (M, C)).
+        start: earliest time the batch covers (a binned source's first bin start), anchoring the grid.
     """
 
     channels: np.ndarray
     times: np.ndarray
     watermark: float | None
     labels: tuple[np.ndarray, np.ndarray] | None = None
+    start: float | None = None  # earliest time covered (a binned source's first bin start): anchors the chunk grid
 
     @classmethod
     def empty(cls, watermark: float | None = None) -> "SpikeBatch":
@@ -76,6 +78,11 @@ class SpikeSource(abc.ABC):
     def __init__(self) -> None:
         self._connected = False
         self.unit_ids: list[str] = []
+        self.lost = False  # True while the source is gone; the decoder loop resets the decoder when it returns
+
+    def now(self) -> float | None:
+        """The current time on the clock of the delivered timestamps, if the source can tell."""
+        return None
 
     @property
     def connected(self) -> bool:

@@ -374,7 +374,10 @@ class StreamingDecoder:
             if st.last_watermark is None or wm > st.last_watermark:
                 st.last_watermark = wm
             last_end = st.t0 + st.next_chunk * self.chunk_step  # start of the next chunk
-            if wm - last_end > self.max_gap + self.chunk_width and st.next_chunk > 0:
+            # events buffered inside the span make it a backlog (delivered late, all at once), not a gap:
+            # _skip_silences below decodes them and skips only the real silences among them
+            backlog = len(st.times) > 0 and st.times[0] < wm - self.max_gap
+            if wm - last_end > self.max_gap + self.chunk_width and st.next_chunk > 0 and not backlog:
                 n_ready = self.ready(wm, stream=s)
                 self._warn("gap", "stream %d: %.2f s without data; state reset, %d chunks skipped", s, wm - last_end, n_ready)
                 self.stats.chunks_skipped += n_ready
@@ -452,14 +455,17 @@ class StreamingDecoder:
         for s in streams:
             st = self.streams[s]
             start = st.t0 + st.next_chunk * self.chunk_step
+            nxt = st.t0 + (st.next_chunk + 1) * self.chunk_step  # the next chunk's start, as the grid computes it
             end = start + self.chunk_width
+            if abs(nxt - end) <= 8 * np.spacing(abs(end)):  # tiling chunks: the end is the next start (tokenize)
+                end = nxt
             hi = np.searchsorted(st.times, end, side="left")
-            c = tokenize(st.rows[:hi], st.times[:hi], starts=np.array([start]), width=self.chunk_width, max_tokens=self.max_tokens)
+            c = tokenize(st.rows[:hi], st.times[:hi], starts=np.array([start]), width=self.chunk_width, max_tokens=self.max_tokens,
+                         next_start=nxt)
             if c.dropped:
                 self.stats.chunks_oversized += 1
                 self.stats.spikes_truncated += c.dropped
                 self._warn("oversize", "chunk with %d spikes truncated to %d", int(c.counts[0]) + c.dropped, self.max_tokens)
-            nxt = start + self.chunk_step
             lo = np.searchsorted(st.times, nxt, side="left")
             st.rows, st.times = st.rows[lo:], st.times[lo:]
             chunks.append(c)
@@ -520,7 +526,8 @@ class StreamingDecoder:
 
         ch = np.asarray(channels, dtype=np.int64)
         rows = self._channel_rows_np[ch]
-        c = tokenize(rows, np.asarray(times, np.float64), starts=chunk_starts(t0, n_chunks, self.chunk_step), width=self.chunk_width, max_tokens=self.max_tokens)
+        c = tokenize(rows, np.asarray(times, np.float64), starts=chunk_starts(t0, n_chunks, self.chunk_step), width=self.chunk_width,
+                     max_tokens=self.max_tokens, next_start=t0 + n_chunks * self.chunk_step)
         bt = collate([c], device=self.device)
         with torch.inference_mode():
             out, _ = self.model(bt["units"], bt["times"], bt["mask"], self._session[:1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,10 @@ from possm_plugin.model import POSSM
 # keep tests deterministic and light on the 2-core machine
 torch.set_num_threads(1)
 os.environ.setdefault("POSSM_RAISE_IN_THREADS", "1")
+# LSL discovery never leaves this machine, whatever the import order of the test modules
+_LSL_CFG = Path(tempfile.mkdtemp(prefix="possm-lsl-cfg-")) / "lsl_api.cfg"
+_LSL_CFG.write_text("[multicast]\nResolveScope = machine\n")
+os.environ.setdefault("LSLAPICFG", str(_LSL_CFG))
 
 TINY = {"dim": 32, "dim_head": 32, "ffn_dropout": 0.0}
 TINY_BACKBONE = {

@@ -1,0 +1,638 @@
+"""Lab Streaming Layer (LSL) adapters: a spike source (inlet) and a prediction sink (outlet).
+
+Both register themselves through the same hooks a third-party plugin uses (the module is the
+``lsl`` entry point of the ``possm_plugin`` group).
+
+Input, two forms, decided from the stream's own metadata (``form="auto"``):
+
+* **spike events** - irregular rate (``nominal_srate == 0``): one sample per spike laid out
+  ``[channel, unit, ...]`` (the neural-data-simulator's ``SpikeEvents`` layout; any further values,
+  e.g. a waveform, are ignored). The sample's LSL timestamp is the spike time. Unit ids are the
+  labels in ``desc/channels/channel/label``; the sample's ``channel`` value indexes that list and its
+  ``unit`` value is ignored (all units of an electrode are merged, as with threshold crossings),
+  unless the stream lists sorted units in ``desc/units/unit`` (children ``label``, ``channel``,
+  ``unit``): then each ``(channel, unit)`` pair maps to its own unit id. A ``channels`` list that
+  only names the sample's fields (first label ``channel``) is not taken for electrode labels.
+* **binned counts** - regular rate: one channel per unit, int or float counts per bin. Unit ids are
+  the channel labels. The timestamp of a sample marks the *end* of its bin (``bin_stamp="end"``, the
+  moment the counts are complete; ``"start"`` is accepted too). Counts are turned into events spread
+  evenly inside the bin: ``k`` spikes of a bin ``[s, s + w)`` get the times
+  ``s + (i + 0.5) w / k``, ``i = 0..k-1``. Non-integer counts are rounded; negative, non-finite or
+  absurd (> ``max_count``, 1000) counts count as 0 (and are counted in ``bad_values``).
+
+Without labels, unit ids are the channel indices as strings (``"0"``, ``"1"``, ...); map them to a
+known session with ``possm-lsl --session ID``.
+
+Start: the first clock-offset estimate is taken while connecting (it takes ~0.6 s; in the first pull
+it would delay the first chunks), and samples that queued before the first pull are dropped, so
+decoding starts on fresh data.
+
+Timestamps: the inlet uses ``proc_clocksync`` (sample times are mapped onto this machine's
+``local_clock()``), never dejitter for irregular streams (``dejitter=True`` adds it for regular
+streams). Pulls are short and blocking (``pull_chunk(timeout, min_samples=1)``): they return as soon
+as one sample is there.
+
+Watermark (the time up to which everything has been delivered): the latest timestamp delivered (the
+end of the latest bin for binned streams), ignoring timestamps more than ``max_future`` (5 s) ahead
+of the clock. Spike-event streams carry nothing while no neuron fires,
+so when a pull returns nothing while the source is alive, the watermark advances with the clock to
+``local_clock() - idle_delay`` and chunks without spikes still get decoded. ``idle_delay`` (20 ms)
+must exceed the age of a spike's timestamp when it arrives (the sender's push interval plus the
+transport delay, plus scheduling stalls of a busy machine), or spikes arrive late and are dropped
+(counted as late); raise it for senders that push in batches. On a busy stream the data drive the
+watermark and ``idle_delay`` adds no latency; on a sparse one it bounds the wait for a chunk. A
+silence in which the stream's recent rate predicts more than ``stall_events`` (20) spikes is taken
+for a stalled sender, not for quiet neurons: the watermark waits for its data (or for ``lost_after``),
+so a sender that stalls on a busy machine does not make its spikes late.
+
+Loss: no sample for ``lost_after`` seconds, or pylsl's ``LostError``, marks the source ``lost`` (the
+watermark stops); the inlet recovers by itself when the stream comes back with the same source_id,
+and otherwise the source re-resolves its query every ``reconnect_interval`` seconds and opens the
+new stream if its units are the same. ``lost`` turns False with the first new sample.
+
+Output: :class:`LSLSink` opens an outlet with one float32 channel per decoded variable (labels and
+units in ``desc/channels``), nominal rate ``1 / chunk_step``, a stable source_id, and stamps each
+sample with its chunk's end time (on the inlet's clock, which is ``local_clock()`` after clock
+sync). ``telemetry=True`` adds a second outlet ``<name>-telemetry`` with, per chunk,
+``compute_ms`` (the model step), ``publish_ms`` (chunk end -> this push), ``n_spikes`` and
+``chunk_index`` (chunks since the grid was anchored), stamped like the prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pylsl
+from pylsl.util import LostError
+from pylsl.util import TimeoutError as LSLTimeoutError
+
+from possm_plugin.errors import ConfigError, StreamError
+from possm_plugin.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
+from possm_plugin.plugins.markers import hookimpl
+
+__all__ = [
+    "LSLSource",
+    "LSLSink",
+    "LSLSignalInlet",
+    "TELEMETRY_CHANNELS",
+    "build_predicate",
+    "channel_labels",
+    "possm_register_sources",
+    "possm_register_sinks",
+]
+
+log = logging.getLogger("possm_plugin.adapters.lsl")
+
+FORMS = ("auto", "events", "binned")
+#: channels of the telemetry outlet (label, unit)
+TELEMETRY_CHANNELS = (("compute_ms", "ms"), ("publish_ms", "ms"), ("n_spikes", "count"), ("chunk_index", "index"))
+_FIELD_LABELS = {"channel", "chan", "ch", "electrode", "unit"}
+
+
+# -- metadata helpers ---------------------------------------------------------------------------------
+def build_predicate(name: str | None = None, predicate: str | None = None, *, stype: str | None = None, source_id: str | None = None) -> str:
+    """An LSL XPath predicate from a stream name and/or a free predicate (combined with ``and``)."""
+    parts = []
+    for key, value in (("name", name), ("type", stype), ("source_id", source_id)):
+        if value:
+            if "'" in value:
+                raise ConfigError(f"LSL stream {key} {value!r} must not contain a single quote")
+            parts.append(f"{key}='{value}'")
+    if predicate:
+        parts.append(f"({predicate})" if parts else predicate)
+    if not parts:
+        raise ConfigError("an LSL source needs a stream name (--inlet NAME) or a predicate (--source-opt predicate=...)")
+    return " and ".join(parts)
+
+
+def _children(node, child: str, value: str) -> list[str]:
+    out = []
+    ch = node.child(child)
+    while not ch.empty():
+        out.append(ch.child_value(value))
+        ch = ch.next_sibling(child)
+    return out
+
+
+def channel_labels(info: pylsl.StreamInfo) -> list[str]:
+    """The labels in ``desc/channels/channel/label`` (empty strings where a label is missing)."""
+    channels = info.desc().child("channels")
+    return [] if channels.empty() else _children(channels, "channel", "label")
+
+
+def _sorted_units(info: pylsl.StreamInfo) -> list[tuple[str, str, str]]:
+    """``(label, channel, unit)`` of each ``desc/units/unit`` entry."""
+    units = info.desc().child("units")
+    if units.empty():
+        return []
+    out = []
+    u = units.child("unit")
+    while not u.empty():
+        out.append((u.child_value("label"), u.child_value("channel"), u.child_value("unit")))
+        u = u.next_sibling("unit")
+    return out
+
+
+def _usable(labels: Sequence[str], n: int | None = None) -> bool:
+    return bool(labels) and all(labels) and len(set(labels)) == len(labels) and (n is None or len(labels) == n)
+
+
+# -- source -------------------------------------------------------------------------------------------
+class LSLSource(SpikeSource):
+    """Spike events from an LSL inlet (spike-event or binned-count streams; see the module doc).
+
+    Args:
+        name: the stream name to resolve (``possm-lsl --inlet NAME``).
+        predicate: any LSL XPath predicate, e.g. ``"type='Spikes' and hostname='rig1'"`` (combined
+            with ``name`` when both are given).
+        stype, source_id: further exact matches on the stream's type / source_id.
+        form: ``"auto"`` (irregular rate: events; regular rate: binned), ``"events"`` or ``"binned"``.
+        resolve_timeout: seconds :meth:`connect` waits for the stream when given no timeout.
+        idle_delay: safety delay of the clock-driven watermark of event streams, seconds.
+        stall_events: the clock-driven watermark stops while a silence is longer than this many of
+            the stream's recent inter-spike intervals (the sender stalls rather than the neurons).
+        max_future: timestamps more than this many seconds ahead of the clock do not move the
+            watermark (one bogus timestamp must not make every later spike late).
+        max_count: binned counts above this are invalid (counted in ``bad_values``, taken as 0).
+        lost_after: seconds without a sample after which the source counts as lost (at least five
+            sample intervals of a regular stream).
+        reconnect_interval: seconds between re-resolutions while lost.
+        bin_stamp: ``"end"`` or ``"start"``: which edge of its bin a binned sample's timestamp marks.
+        dejitter: add ``proc_dejitter`` for regular-rate streams.
+        clocksync: map timestamps onto this machine's clock (``proc_clocksync``); False keeps the
+            sender's timestamps as sent (the watermark and :meth:`now` then use the sender's clock
+            through one ``time_correction()`` estimate taken at connect).
+        n_units: for event streams without labels: how many channel indices to expect.
+        max_samples: most samples returned by one pull.
+        max_buflen: inlet buffer, seconds (or x100 samples for irregular streams).
+    """
+
+    name = "lsl"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        predicate: str | None = None,
+        *,
+        stype: str | None = None,
+        source_id: str | None = None,
+        form: str = "auto",
+        resolve_timeout: float = 5.0,
+        idle_delay: float = 0.02,
+        stall_events: float = 20.0,
+        max_future: float = 5.0,
+        max_count: int = 1000,
+        lost_after: float = 1.0,
+        reconnect_interval: float = 0.5,
+        bin_stamp: str = "end",
+        dejitter: bool = False,
+        clocksync: bool = True,
+        n_units: int | None = None,
+        max_samples: int = 65536,
+        max_buflen: int = 30,
+    ) -> None:
+        super().__init__()
+        if form not in FORMS:
+            raise ConfigError(f"LSL source form={form!r} must be one of {FORMS}")
+        if bin_stamp not in ("end", "start"):
+            raise ConfigError(f"LSL source bin_stamp={bin_stamp!r} must be 'end' or 'start'")
+        for key, v in (("resolve_timeout", resolve_timeout), ("lost_after", lost_after), ("reconnect_interval", reconnect_interval)):
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ConfigError(f"LSL source {key}={v!r} must be a positive number of seconds")
+        if not (isinstance(idle_delay, (int, float)) and idle_delay >= 0):
+            raise ConfigError(f"LSL source idle_delay={idle_delay!r} must be >= 0 seconds")
+        self.stream_name = name
+        self.predicate = build_predicate(name, predicate, stype=stype, source_id=source_id)
+        self.form_option = form
+        self.resolve_timeout = float(resolve_timeout)
+        self.idle_delay = float(idle_delay)
+        self.stall_events = float(stall_events)
+        self.max_future = float(max_future)
+        self.max_count = int(max_count)
+        self._rate = 0.0
+        self._rate_t: float | None = None
+        self.lost_after = float(lost_after)
+        self._lost_after = self.lost_after
+        self.reconnect_interval = float(reconnect_interval)
+        self.bin_stamp = bin_stamp
+        self.dejitter = bool(dejitter)
+        self.clocksync = bool(clocksync)
+        self._tc = 0.0
+        self.n_units_option = None if n_units is None else int(n_units)
+        self.max_samples = int(max_samples)
+        self.max_buflen = int(max_buflen)
+        self.form: str | None = None  # "events" or "binned" once connected
+        self.has_labels = False
+        self.info: pylsl.StreamInfo | None = None
+        self.srate = 0.0
+        self.lost = False
+        self.losses = 0
+        self.bad_values = 0
+        self._inlet: pylsl.StreamInlet | None = None
+        self._pair_table: np.ndarray | None = None
+        self._wm: float | None = None
+        self._last_data = 0.0
+        self._last_retry = 0.0
+        self._fresh = False
+        self._since: float | None = None
+        self.stale_dropped = 0
+        self._rejected: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"an LSL stream with {self.predicate}"
+
+    def _connect(self, timeout: float | None) -> None:
+        timeout = self.resolve_timeout if timeout is None else float(timeout)
+        infos = pylsl.resolve_bypred(self.predicate, 1, timeout)
+        if not infos:
+            raise StreamError(f"no LSL stream with {self.predicate} appeared within {timeout:g} s")
+        if len(infos) > 1:
+            log.warning("%d LSL streams match %s; using the newest (source_id %r)", len(infos), self.predicate, infos[-1].source_id())
+            infos = sorted(infos, key=lambda i: i.created_at())
+        self._open(infos[-1], first=True)
+
+    def _open(self, info: pylsl.StreamInfo, *, first: bool) -> None:
+        srate = info.nominal_srate()
+        irregular = srate == pylsl.IRREGULAR_RATE
+        flags = pylsl.proc_clocksync if self.clocksync else pylsl.proc_none
+        if self.dejitter and not irregular:
+            flags |= pylsl.proc_dejitter
+        inlet = pylsl.StreamInlet(info, max_buflen=self.max_buflen, recover=True, processing_flags=flags)
+        try:
+            full = inlet.info(timeout=max(self.resolve_timeout, 1.0))
+        except LSLTimeoutError:
+            raise StreamError(f"the LSL stream {info.name()!r} was found but did not send its description") from None
+        form = self.form_option if self.form_option != "auto" else ("events" if irregular else "binned")
+        if form == "binned" and irregular:
+            raise StreamError(f"LSL stream {info.name()!r} has an irregular rate; binned counts need a regular rate (use form=events)")
+        if form == "events" and full.channel_count() < 1:
+            raise StreamError(f"LSL stream {info.name()!r} has no channels")
+        unit_ids, has_labels, table = self._units_from(full, form)
+        if not first:
+            if form != self.form or unit_ids != self.unit_ids:
+                inlet.close_stream()
+                raise StreamError(
+                    f"the LSL stream {info.name()!r} came back with other units or another form; restart the decoder"
+                )
+        inlet.open_stream(timeout=max(self.resolve_timeout, 1.0))
+        try:  # the first clock-offset estimate takes ~0.6 s; take it now, not in the first pull
+            tc = float(inlet.time_correction(timeout=max(self.resolve_timeout, 1.0)))
+        except LSLTimeoutError:
+            raise StreamError(f"the LSL stream {info.name()!r} did not answer the clock-offset query") from None
+        self._tc = 0.0 if self.clocksync else tc
+        self._inlet, self.info, self.form, self.srate = inlet, full, form, float(srate)
+        # a slow regular stream is not lost between two samples
+        self._lost_after = max(self.lost_after, 5.0 / srate) if srate > 0 else self.lost_after
+        self.unit_ids, self.has_labels, self._pair_table = unit_ids, has_labels, table
+        self._last_data = pylsl.local_clock()
+        self._fresh = True
+        log.info(
+            "LSL inlet %r (%s, %s, %d units%s, source_id %r)", full.name(), form,
+            "irregular" if irregular else f"{srate:g} Hz", len(unit_ids), "" if has_labels else ", no labels: indices",
+            full.source_id(),
+        )
+
+    def _units_from(self, info: pylsl.StreamInfo, form: str) -> tuple[list[str], bool, np.ndarray | None]:
+        labels = channel_labels(info)
+        n_ch = info.channel_count()
+        if form == "binned":
+            if _usable(labels, n_ch):
+                return labels, True, None
+            if labels:
+                log.warning("LSL stream %r: channel labels missing, duplicated or not one per channel; using indices", info.name())
+            return [str(i) for i in range(n_ch)], False, None
+        # events
+        sorted_units = _sorted_units(info)
+        if sorted_units and _usable([s[0] for s in sorted_units]):
+            try:
+                pairs = [(int(c or i), int(u or 0)) for i, (_, c, u) in enumerate(sorted_units)]
+            except ValueError:
+                raise StreamError(f"LSL stream {info.name()!r}: desc/units/unit channel and unit must be integers") from None
+            if min(min(p) for p in pairs) < 0:
+                raise StreamError(f"LSL stream {info.name()!r}: desc/units/unit channel and unit must be >= 0")
+            table = np.full((max(p[0] for p in pairs) + 1, max(p[1] for p in pairs) + 1), -1, np.int64)
+            for k, (c, u) in enumerate(pairs):
+                table[c, u] = k
+            return [s[0] for s in sorted_units], True, table
+        if labels and labels[0].strip().lower() in _FIELD_LABELS:
+            labels = []  # the labels name the sample's fields, not the electrodes
+        if _usable(labels):
+            return labels, True, None
+        n = self.n_units_option or 0
+        return [str(i) for i in range(n)], False, None
+
+    def _disconnect(self) -> None:
+        if self._inlet is not None:
+            try:
+                self._inlet.close_stream()
+            except Exception:  # the stream may be gone already
+                pass
+        self._inlet = None
+        self._wm = None
+
+    # -- clock ---------------------------------------------------------------------------------
+    def now(self) -> float:
+        """The current time on the clock of the delivered timestamps (``local_clock()`` when
+        clock-synced, else the sender's clock)."""
+        return pylsl.local_clock() - self._tc
+
+    # -- acquisition ---------------------------------------------------------------------------
+    def _acquire(self, timeout: float) -> SpikeBatch:
+        now = pylsl.local_clock()
+        if self._inlet is None:
+            self._try_reconnect(now)
+            if self._inlet is None:
+                if timeout > 0:
+                    time.sleep(min(timeout, 0.05))
+                return SpikeBatch.empty(None)
+        try:
+            if self._fresh:  # decode from the first pull on, not what queued up while the decoder got ready
+                self._fresh = False
+                self._inlet.flush()
+                self._since = now - self._tc
+                self._last_data = now
+            data, ts = self._inlet.pull_chunk(timeout=timeout, max_samples=self.max_samples, min_samples=1, as_numpy=True)
+            if self._since is not None and len(ts):
+                keep = np.asarray(ts) >= self._since
+                if keep.all():
+                    self._since = None  # caught up: the backlog is gone
+                else:
+                    self.stale_dropped += int((~keep).sum())
+                    data, ts = data[keep], np.asarray(ts)[keep]
+        except LostError:
+            self._mark_lost("the LSL stream was lost (no source_id to recover it by)")
+            self._inlet = None
+            return SpikeBatch.empty(None)
+        now = pylsl.local_clock()
+        if len(ts) == 0:
+            if not self.lost and self._wm is not None and now - self._last_data > self._lost_after:
+                self._mark_lost(f"no sample for {self._lost_after:g} s")
+            if self.lost:
+                self._try_reconnect(now)
+                return SpikeBatch.empty(None)
+            return SpikeBatch.empty(self._idle_watermark(now))
+        self._last_data = now
+        if self.lost:
+            self.lost = False
+            self._wm = None  # follow the returning stream's clock
+            log.warning("LSL stream %r is back; decoding resumes", self.info.name() if self.info else self.predicate)
+        if self.form == "binned":
+            return self._binned(data, ts)
+        self._update_rate(len(ts), now)
+        return self._events(data, ts)
+
+    def _idle_watermark(self, now: float) -> float | None:
+        if self.form != "events" or self._wm is None:
+            return self._wm
+        if self._rate * (now - self._last_data) > self.stall_events:
+            return self._wm  # too long a silence for this stream's rate: the sender stalls; wait for its data
+        self._wm = max(self._wm, now - self._tc - self.idle_delay)
+        return self._wm
+
+    def _update_rate(self, n: int, now: float) -> None:
+        """Events per second, averaged over about a second of batches."""
+        if self._rate_t is not None and now > self._rate_t:
+            dt = now - self._rate_t
+            self._rate += min(1.0, dt) * (n / dt - self._rate)
+        self._rate_t = now
+
+    def _events(self, data: np.ndarray, ts: np.ndarray) -> SpikeBatch:
+        ch = np.asarray(data[:, 0], dtype=np.float64)
+        if self._pair_table is not None:
+            un = np.asarray(data[:, 1], dtype=np.float64) if data.shape[1] > 1 else np.zeros(len(ch))
+            t = self._pair_table
+            ok = np.isfinite(ch) & np.isfinite(un) & (ch >= 0) & (un >= 0) & (ch < t.shape[0]) & (un < t.shape[1])
+            ok &= (ch == np.floor(ch)) & (un == np.floor(un))
+            idx = np.full(len(ch), -1, np.int64)
+            idx[ok] = t[ch[ok].astype(np.int64), un[ok].astype(np.int64)]
+            ch = idx.astype(np.float64)
+        times = np.asarray(ts, dtype=np.float64)
+        plausible = times[np.isfinite(times) & (times <= pylsl.local_clock() - self._tc + self.max_future)]
+        if len(plausible):
+            top = float(plausible.max())
+            self._wm = top if self._wm is None else max(self._wm, top)
+        return SpikeBatch(ch, times, self._wm)
+
+    def _binned(self, data: np.ndarray, ts: np.ndarray) -> SpikeBatch:
+        n, c = data.shape
+        w = 1.0 / self.srate
+        counts = np.asarray(data, dtype=np.float64)
+        bad = ~np.isfinite(counts) | (counts < 0) | (counts > self.max_count)
+        if bad.any():
+            self.bad_values += int(bad.sum())
+            counts = np.where(bad, 0.0, counts)
+        k = np.rint(counts).astype(np.int64).reshape(-1)
+        starts = np.asarray(ts, dtype=np.float64) - (w if self.bin_stamp == "end" else 0.0)
+        total = int(k.sum())
+        if total:
+            flat = np.repeat(np.arange(n * c), k)
+            pos = np.arange(total) - np.repeat(np.cumsum(k) - k, k)
+            kk = k[flat]
+            times = starts[flat // c] + (pos + 0.5) * (w / kk)
+            chans = (flat % c).astype(np.float64)
+        else:
+            times, chans = np.zeros(0), np.zeros(0)
+        ends = starts + w
+        ends = ends[ends <= pylsl.local_clock() - self._tc + self.max_future]
+        if len(ends):
+            end = float(ends.max())
+            self._wm = end if self._wm is None else max(self._wm, end)
+        batch = SpikeBatch(chans, times, self._wm)
+        batch.start = float(starts[0])  # the first bin's start: anchors the chunk grid on bin edges
+        return batch
+
+    def _mark_lost(self, why: str) -> None:
+        if not self.lost:
+            self.lost = True
+            self.losses += 1
+            self._last_retry = pylsl.local_clock()
+            log.warning("LSL source lost: %s; still running, waiting for it to come back", why)
+
+    def _try_reconnect(self, now: float) -> None:
+        if now - self._last_retry < self.reconnect_interval:
+            return
+        self._last_retry = now
+        infos = pylsl.resolve_bypred(self.predicate, 1, 0.05)
+        current = self.info.uid() if (self.info is not None and self._inlet is not None) else None
+        fresh = [i for i in infos if i.uid() != current and i.uid() not in self._rejected]
+        if not fresh:
+            return
+        old = self._inlet
+        try:
+            fresh = sorted(fresh, key=lambda i: i.created_at())
+            self._open(fresh[-1], first=False)
+        except StreamError as exc:
+            self._rejected.add(fresh[-1].uid())
+            log.error("%s", exc)
+            return
+        if old is not None:
+            try:
+                old.close_stream()
+            except Exception:
+                pass
+        log.info("LSL source re-resolved: new inlet on %r", self.info.name())
+
+
+# -- behaviour inlet (calibration labels) ------------------------------------------------------------
+class LSLSignalInlet:
+    """A regular numeric LSL stream read as ``(times, values)`` (e.g. the simulator's velocity).
+
+    Args:
+        name: the stream name (or ``predicate``).
+        resolve_timeout: seconds to wait for it.
+    """
+
+    def __init__(self, name: str | None = None, predicate: str | None = None, *, resolve_timeout: float = 5.0) -> None:
+        self.predicate = build_predicate(name, predicate)
+        self.resolve_timeout = float(resolve_timeout)
+        self._inlet: pylsl.StreamInlet | None = None
+        self.channel_names: list[str] = []
+
+    def connect(self, timeout: float | None = None) -> "LSLSignalInlet":
+        timeout = self.resolve_timeout if timeout is None else float(timeout)
+        infos = pylsl.resolve_bypred(self.predicate, 1, timeout)
+        if not infos:
+            raise StreamError(f"no LSL stream with {self.predicate} appeared within {timeout:g} s")
+        self._inlet = pylsl.StreamInlet(infos[-1], max_buflen=360, recover=True, processing_flags=pylsl.proc_clocksync)
+        info = self._inlet.info(timeout=max(timeout, 1.0))
+        labels = channel_labels(info)
+        n = info.channel_count()
+        self.channel_names = labels if _usable(labels, n) else [f"ch{i}" for i in range(n)]
+        self._inlet.open_stream(timeout=max(timeout, 1.0))
+        return self
+
+    def acquire(self, timeout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Samples since the last call: times (M,) and values (M, C) float64."""
+        if self._inlet is None:
+            raise StreamError("LSLSignalInlet is not connected; call connect() first")
+        try:
+            data, ts = self._inlet.pull_chunk(timeout=timeout, max_samples=65536, min_samples=1, as_numpy=True)
+        except LostError:
+            return np.zeros(0), np.zeros((0, len(self.channel_names)))
+        return np.asarray(ts, np.float64), np.asarray(data, np.float64).reshape(len(ts), len(self.channel_names))
+
+    def disconnect(self) -> None:
+        if self._inlet is not None:
+            try:
+                self._inlet.close_stream()
+            except Exception:
+                pass
+        self._inlet = None
+
+    def __enter__(self) -> "LSLSignalInlet":
+        return self.connect() if self._inlet is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.disconnect()
+
+
+# -- sink ---------------------------------------------------------------------------------------------
+class LSLSink(PredictionSink):
+    """Predictions to an LSL outlet (see the module doc).
+
+    Args:
+        name: the outlet's stream name (``possm-lsl --outlet NAME``).
+        stype: the stream type.
+        source_id: stable unique id, so consumers recover after a restart (default
+            ``possm-<name>@<hostname>``).
+        units: the physical unit of every output (a string, or one per output separated by commas).
+        telemetry: also open ``<name>-telemetry`` (compute_ms, publish_ms, n_spikes, chunk_index).
+        telemetry_name: its name, when not ``<name>-telemetry``.
+        meta: extra ``desc`` entries (e.g. the checkpoint and session).
+    """
+
+    name = "lsl"
+
+    def __init__(
+        self,
+        name: str = "possm",
+        *,
+        stype: str = "Prediction",
+        source_id: str | None = None,
+        units: str | Sequence[str] | None = None,
+        telemetry: bool = False,
+        telemetry_name: str | None = None,
+        meta: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not name:
+            raise ConfigError("the LSL outlet needs a non-empty name (--outlet NAME)")
+        self.stream_name = str(name)
+        self.stype = stype
+        self.source_id = source_id or f"possm-{self.stream_name}@{socket.gethostname()}"
+        self.units = units
+        self.telemetry = bool(telemetry)
+        self.telemetry_name = telemetry_name or f"{self.stream_name}-telemetry"
+        self.meta = dict(meta or {})
+        self._outlet: pylsl.StreamOutlet | None = None
+        self._tele: pylsl.StreamOutlet | None = None
+        self.published = 0
+
+    def _units_for(self, n: int) -> list[str]:
+        u = self.units
+        if u is None:
+            return [""] * n
+        if isinstance(u, str):
+            parts = [p.strip() for p in u.split(",")]
+            return parts if len(parts) == n else [u] * n
+        u = [str(x) for x in u]
+        if len(u) != n:
+            raise ConfigError(f"LSL sink units {u} must give one unit per output ({n})")
+        return u
+
+    def _connect(self, output_names: list[str], chunk_step: float) -> None:
+        rate = 1.0 / float(chunk_step)
+        info = pylsl.StreamInfo(self.stream_name, self.stype, len(output_names), rate, "float32", self.source_id)
+        chans = info.desc().append_child("channels")
+        for label, unit in zip(output_names, self._units_for(len(output_names))):
+            ch = chans.append_child("channel")
+            ch.append_child_value("label", str(label))
+            ch.append_child_value("unit", unit)
+            ch.append_child_value("type", "prediction")
+        info.desc().append_child_value("timestamps", "chunk end, on the inlet's clock")
+        info.desc().append_child_value("chunk_step", repr(float(chunk_step)))
+        for k, v in self.meta.items():
+            info.desc().append_child_value(str(k), str(v))
+        self._outlet = pylsl.StreamOutlet(info, chunk_size=1)
+        if self.telemetry:
+            t = pylsl.StreamInfo(self.telemetry_name, "Telemetry", len(TELEMETRY_CHANNELS), rate, "float32", self.source_id + "-telemetry")
+            tch = t.desc().append_child("channels")
+            for label, unit in TELEMETRY_CHANNELS:
+                ch = tch.append_child("channel")
+                ch.append_child_value("label", label)
+                ch.append_child_value("unit", unit)
+            self._tele = pylsl.StreamOutlet(t, chunk_size=1)
+        log.info("LSL outlet %r (%s, %g Hz, source_id %r)%s", self.stream_name, ", ".join(output_names), rate,
+                 self.source_id, f" + telemetry {self.telemetry_name!r}" if self.telemetry else "")
+
+    def _publish(self, predictions: list[Prediction]) -> None:
+        out = self._outlet
+        if out is None:
+            raise StreamError("LSLSink is not connected; call connect() first")
+        for p in predictions:
+            out.push_sample(np.asarray(p.values, dtype=np.float32), p.t_end)
+        self.published += len(predictions)
+        if self._tele is not None:
+            now = pylsl.local_clock()
+            for p in predictions:
+                self._tele.push_sample([p.compute_ms, (now - p.t_end) * 1e3, float(p.n_spikes), float(p.chunk_index)], p.t_end)
+
+    def _disconnect(self) -> None:
+        self._outlet = None  # liblsl closes the outlet when the object is freed
+        self._tele = None
+
+
+# -- plugin hooks --------------------------------------------------------------------------------------
+@hookimpl
+def possm_register_sources(register):
+    register("lsl", LSLSource, description="Lab Streaming Layer inlet: spike events or binned counts (possm-lsl --inlet NAME)")
+
+
+@hookimpl
+def possm_register_sinks(register):
+    register("lsl", LSLSink, description="Lab Streaming Layer outlet: one float32 channel per output, stamped at chunk ends")

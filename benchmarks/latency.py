@@ -1,0 +1,282 @@
+"""Latency benchmark: per-chunk compute of the streaming decoder, and end to end over LSL.
+
+    python benchmarks/latency.py            # table
+    python benchmarks/latency.py --json     # one JSON object
+    python benchmarks/latency.py --quick    # fewer iterations
+    python benchmarks/latency.py --profile  # also: where the step time goes (small GRU, 96 units)
+
+1. ``chunk_compute_ms``: for each backbone (gru, s4d, mamba) and size (small, opossm via
+   ``possm_plugin.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
+   one StreamingDecoder step (batch 1, 50 ms chunks): the model call as the decoder times it
+   (tensors to the device, the step - ``FastStep`` unless ``--reference`` - outputs back), p50 and
+   p99 over the timed chunks.
+   ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk (tokenization included).
+2. ``lsl_end_to_end_ms``: a sender process pushes 96 units x 20 Hz Poisson spikes over LSL in real
+   time (every 1 ms) and logs when each push went out; ``possm-lsl`` (small GRU, random weights) decodes
+   them in a second process; this process receives the predictions. Latency = the push of the last
+   spike of a chunk -> its prediction received here. It includes waiting for the first spike of the
+   next chunk, which tells the node the chunk is complete.
+
+Weights are random (latency does not depend on them). CPU threads: ``--threads`` (default 1). The
+machine's load average is printed: other work on the same cores shows in the p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BACKBONES = ("gru", "s4d", "mamba")
+SIZES = ("small", "opossm")
+UNITS = (96, 1024)
+RATE_HZ = 20.0
+CHUNK = 0.05
+
+
+def make_model(size: str, backbone: str, n_units: int):
+    import torch
+
+    from possm_plugin.config import preset
+    from possm_plugin.model import POSSM
+
+    torch.manual_seed(0)
+    units = [f"bench/u{i:04d}" for i in range(n_units)]
+    return POSSM(preset(size, backbone), unit_ids=units, session_ids=["bench"], session_units={"bench": units}).eval()
+
+
+def poisson(n_units: int, n_chunks: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dur = n_chunks * CHUNK
+    n = rng.poisson(n_units * RATE_HZ * dur)
+    return rng.integers(0, n_units, n), np.sort(rng.uniform(0.0, dur, n))
+
+
+def pct(x) -> dict:
+    x = np.asarray(x, np.float64)
+    return {"p50": round(float(np.percentile(x, 50)), 4), "p99": round(float(np.percentile(x, 99)), 4), "n": int(len(x))}
+
+
+def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warmup: int, device: str = "cpu", fast: bool = True) -> dict:
+    from possm_plugin.streaming import StreamingDecoder
+
+    model = make_model(size, backbone, n_units)
+    dec = StreamingDecoder(model, device=device, fast=fast)
+    ch, t = poisson(n_units, n_chunks + warmup)
+    edges = np.searchsorted(t, np.arange(n_chunks + warmup + 1) * CHUNK)
+    total = []
+    for k in range(n_chunks + warmup):
+        a, b = edges[k], edges[k + 1]
+        s = time.perf_counter()
+        dec.push(ch[a:b], t[a:b])
+        dec.advance((k + 1) * CHUNK)
+        total.append((time.perf_counter() - s) * 1e3)
+    compute = dec.stats.compute_ms[warmup:]
+    return {**pct(compute), "decoder_ms": pct(total[warmup:]), "n_parameters": model.n_parameters()}
+
+
+def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, n: int = 300) -> dict:
+    """Mean ms of each part of one decoder step, timed separately."""
+    import torch
+
+    from possm_plugin.tokenize import tokenize
+
+    model = make_model(size, backbone, n_units)
+    ch, t = poisson(n_units, n + 20)
+    rows = ch + 1
+    edges = np.searchsorted(t, np.arange(n + 21) * CHUNK)
+    state = model.initial_state(1)
+    sess = torch.ones(1, dtype=torch.long)
+    parts = {k: [] for k in ("tokenize", "to_tensors", "encode", "backbone_step", "decode", "outputs_to_numpy", "model.step (whole)",
+                             "FastStep.step (the decoder's path)")}
+    from possm_plugin.fast import FastStep
+
+    fast = FastStep.from_model(model)
+    fstate = model.initial_state(1)
+    k_ctx = model.config.context_chunks
+    with torch.inference_mode():
+        for k in range(n + 20):
+            a, b = edges[k], edges[k + 1]
+            s0 = time.perf_counter()
+            c = tokenize(rows[a:b], t[a:b], starts=np.array([k * CHUNK]), width=CHUNK)
+            s1 = time.perf_counter()
+            units = torch.from_numpy(c.units)
+            times = torch.from_numpy(c.times)
+            mask = torch.from_numpy(c.mask)
+            s2 = time.perf_counter()
+            *bb, hist, seen = state
+            z = model.encode(units.unsqueeze(1), times.unsqueeze(1), mask.unsqueeze(1))[:, 0]
+            s3 = time.perf_counter()
+            y, bb_new = model.backbone.step(z, tuple(bb))
+            s4 = time.perf_counter()
+            ctx = torch.cat([hist, y.unsqueeze(1)], dim=1)
+            cm = (torch.arange(k_ctx) - (k_ctx - 1) + seen.unsqueeze(1)) >= 0
+            out = model.decode(ctx.unsqueeze(1), cm.unsqueeze(1), sess)[:, 0]
+            s5 = time.perf_counter()
+            out.float().cpu().numpy()
+            s6 = time.perf_counter()
+            state = (*bb_new, ctx[:, 1:], seen + 1)
+            _, _ = model.step(units, times, mask, sess, state)
+            s7 = time.perf_counter()
+            if k >= 20:
+                for key, dt in zip(parts, (s1 - s0, s2 - s1, s3 - s2, s4 - s3, s5 - s4, s6 - s5, s7 - s6)):
+                    parts[key].append(dt * 1e3)
+        for k in range(n + 20):  # the decoder's step, in a loop of its own
+            a, b = edges[k], edges[k + 1]
+            c = tokenize(rows[a:b], t[a:b], starts=np.array([k * CHUNK]), width=CHUNK)
+            units, times, mask = torch.from_numpy(c.units), torch.from_numpy(c.times), torch.from_numpy(c.mask)
+            s0 = time.perf_counter()
+            _, fstate = fast.step(units, times, mask, sess, fstate)
+            if k >= 20:
+                parts["FastStep.step (the decoder's path)"].append((time.perf_counter() - s0) * 1e3)
+    return {k: round(float(np.mean(v)), 4) for k, v in parts.items()}
+
+
+# -- LSL end to end ---------------------------------------------------------------------------------
+def sender(name: str, duration: float, log_path: str, n_units: int) -> None:
+    """Push Poisson spikes in real time (1 ms ticks); save (first timestamp, push time) per push."""
+    import pylsl
+
+    info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", f"bench-{name}")
+    chans = info.desc().append_child("channels")
+    for i in range(n_units):
+        chans.append_child("channel").append_child_value("label", f"bench/u{i:04d}")
+    outlet = pylsl.StreamOutlet(info)
+    ch, t = poisson(n_units, int(duration / CHUNK) + 1, seed=1)
+    outlet.wait_for_consumers(60.0)
+    time.sleep(1.0)  # let the node finish connecting
+    t0 = pylsl.local_clock()
+    t = t + t0
+    i, log = 0, []
+    while i < len(t):
+        now = pylsl.local_clock()
+        j = int(np.searchsorted(t, now, side="right"))
+        if j > i:
+            x = np.zeros((j - i, 2), np.int16)
+            x[:, 0] = ch[i:j]
+            outlet.push_chunk(x, t[i:j].tolist())
+            log.append((t[i], pylsl.local_clock()))
+            i = j
+        time.sleep(0.001)
+    np.save(log_path, np.asarray(log))
+
+
+def bench_lsl(duration: float, *, threads: int, n_units: int = 96) -> dict:
+    import pylsl
+
+    from possm_plugin.checkpoint import save_checkpoint
+    from possm_plugin.demo import end_to_end_latency
+
+    tmp = Path(tempfile.mkdtemp(prefix="possm-bench-"))
+    cfg = tmp / "lsl_api.cfg"
+    cfg.write_text("[multicast]\nResolveScope = machine\n[log]\nlevel = -2\n")
+    env = dict(os.environ, LSLAPICFG=os.environ.get("LSLAPICFG", str(cfg)))
+    ck = save_checkpoint(make_model("small", "gru", n_units), tmp / "bench")
+    name, out = f"bench-spikes-{os.getpid()}", f"bench-possm-{os.getpid()}"
+    log_path = tmp / "push_log.npy"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, __file__, "--role", "sender", "--name", name, "--duration", str(duration),
+                                       "--log", str(log_path), "--units", str(n_units)], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "possm_plugin.cli.lsl_node", "--inlet", name, "--outlet", out,
+                                       "--checkpoint", str(ck), "--threads", str(threads), "--log-level", "ERROR",
+                                       "--resolve-timeout", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        found = pylsl.resolve_byprop("name", out, 1, 90.0)
+        if not found:
+            raise RuntimeError("the decoder node did not start")
+        inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync)
+        inlet.time_correction(timeout=5.0)
+        inlet.open_stream(timeout=5.0)
+        ts, recv = [], []
+        while procs[0].poll() is None:
+            _, t = inlet.pull_chunk(timeout=0.0005, max_samples=64, min_samples=1, as_numpy=True)
+            if len(t):
+                now = pylsl.local_clock()
+                ts.extend(t.tolist())
+                recv.extend([now] * len(t))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    push_log = np.load(log_path)
+    ts, recv = np.asarray(ts), np.asarray(recv)
+    keep = ts > push_log[0, 0] + 0.5  # skip the first half second (start-up)
+    e2e = end_to_end_latency(ts[keep], recv[keep], push_log)
+    e2e = e2e[np.isfinite(e2e)]
+    return pct(e2e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="fewer iterations")
+    p.add_argument("--profile", action="store_true", help="time the parts of one step (small GRU, 96 units)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="device of the compute benchmark")
+    p.add_argument("--no-lsl", action="store_true", help="skip the LSL end-to-end benchmark")
+    p.add_argument("--reference", action="store_true", help="time model.step instead of the decoder's FastStep")
+    p.add_argument("--backbones", default=",".join(BACKBONES), help="comma list")
+    p.add_argument("--sizes", default=",".join(SIZES), help="comma list")
+    p.add_argument("--units", default=",".join(map(str, UNITS)), help="comma list")
+    p.add_argument("--role", default="bench", help=argparse.SUPPRESS)
+    p.add_argument("--name", help=argparse.SUPPRESS)
+    p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--log", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role == "sender":
+        sender(args.name, args.duration, args.log, int(args.units))
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    n_chunks, warmup, lsl_s = (100, 20, 8.0) if args.quick else (600, 50, 30.0)
+    result: dict = {"device": args.device, "threads": args.threads, "torch": torch.__version__, "step": "model.step" if args.reference else "FastStep",
+                    "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
+    for size in args.sizes.split(","):
+        for bb in args.backbones.split(","):
+            for u in map(int, args.units.split(",")):
+                r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, fast=not args.reference)
+                result["chunk_compute_ms"][f"{bb}-{size}-{u}u"] = r
+                if not args.json:
+                    print(f"  {bb:6s} {size:7s} {u:5d} units: compute p50 {r['p50']:7.3f} ms  p99 {r['p99']:7.3f} ms   "
+                          f"push+advance p50 {r['decoder_ms']['p50']:7.3f} ms  ({r['n_parameters']:,} params)", file=sys.stderr)
+    if args.profile:
+        result["profile_small_gru_96u_ms"] = profile_step()
+    if not args.no_lsl:
+        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table(result))
+    return 0
+
+
+def table(r: dict) -> str:
+    lines = [f"per-chunk compute ({r.get('step', 'FastStep')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']} "
+             f"(load average {r['load_average']})",
+             f"{'model':28s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s}"]
+    for key, v in r["chunk_compute_ms"].items():
+        lines.append(f"{key:28s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f}")
+    if "lsl_end_to_end_ms" in r:
+        e = r["lsl_end_to_end_ms"]
+        lines.append(f"LSL end to end (last spike pushed -> prediction received, small GRU, 96 units x 20 Hz): "
+                     f"p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']})")
+    if "profile_small_gru_96u_ms" in r:
+        lines.append("where a step goes (small GRU, 96 units, mean ms): " + ", ".join(f"{k} {v:.3f}" for k, v in r["profile_small_gru_96u_ms"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""``possm-lsl``: the LSL decoder node.
+
+``possm-lsl --inlet spikes`` resolves the LSL stream ``spikes`` (spike events or binned counts, see
+docs/lsl.md), decodes it chunk by chunk with the bundled default checkpoint, and publishes the
+predictions on the LSL outlet ``possm``, until Ctrl-C / SIGTERM (or ``--duration``), then prints a
+summary (counts, latency p50/p99).
+
+Exit codes: 0 after a clean stop, 1 for a configuration, checkpoint or unit problem (one line saying
+what and how to fix it), 2 when no inlet appeared within ``--resolve-timeout`` seconds, 130 when
+interrupted before decoding started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from ..errors import ConfigError, PluginError, PossmError, StreamError
+
+__all__ = ["build_parser", "main", "parse_options", "format_summary"]
+
+log = logging.getLogger("possm_plugin.cli.lsl_node")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="possm-lsl",
+        description="Decode a live LSL spike stream with POSSM and publish the predictions on an LSL outlet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--inlet", metavar="NAME", default=None, help="name of the LSL spike stream to decode")
+    p.add_argument("--predicate", default=None, help="any LSL XPath predicate selecting the stream (with or instead of --inlet)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint (.yaml/.safetensors/stem/directory); default: the bundled one")
+    p.add_argument("--outlet", default="possm", help="name of the LSL outlet for the predictions")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (one stream decodes fastest on 1)")
+    p.add_argument("--session", default=None, help="map the stream's channels, in order, to this known session's units")
+    p.add_argument("--chunk-width", type=float, default=None, help="chunk width in s (must match the checkpoint's)")
+    p.add_argument("--chunk-step", type=float, default=None, help="chunk step in s (must match the checkpoint's)")
+    p.add_argument("--resolve-timeout", type=float, default=5.0, help="seconds to wait for the inlet")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--telemetry", action="store_true", help="also publish <outlet>-telemetry (compute_ms, publish_ms, n_spikes, chunk_index per chunk)")
+    p.add_argument("--source", default="lsl", help="registered source plugin (see `possm plugins`)")
+    p.add_argument("--source-opt", action="append", default=[], metavar="KEY=VALUE", help="option of the source (repeatable)")
+    p.add_argument("--sink", default="lsl", help="registered sink plugin")
+    p.add_argument("--sink-opt", action="append", default=[], metavar="KEY=VALUE", help="option of the sink (repeatable)")
+    p.add_argument("--calibrate", type=float, default=None, metavar="SECONDS",
+                   help="calibrate unseen units online: collect SECONDS of spikes and --labels, run unit identification, then decode")
+    p.add_argument("--labels", default=None, metavar="NAME", help="LSL stream with the behaviour to calibrate on (e.g. velocity)")
+    p.add_argument("--calibrate-epochs", type=int, default=30, help="unit-identification epochs of --calibrate")
+    p.add_argument("--save-checkpoint", default=None, metavar="PATH", help="with --calibrate: also write the calibrated checkpoint here")
+    p.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object on stdout")
+    return p
+
+
+# -- options -------------------------------------------------------------------------------------------
+def _value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: list[str], *, what: str) -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{"key": value}`` (ints, floats, booleans and None recognised)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--{what}-opt {item!r} must look like key=value")
+        out[key.strip().replace("-", "_")] = _value(val)
+    return out
+
+
+def _factory(kind: str, name: str):
+    try:
+        from ..plugins import manager
+    except ImportError:  # pragma: no cover - the plugin manager is part of the package
+        manager = None
+    if manager is not None:
+        return manager.get_source(name) if kind == "source" else manager.get_sink(name)
+    if name != "lsl":  # pragma: no cover
+        raise PluginError(f"no {kind} plugin {name!r} (only 'lsl' is built in)")
+    from possm_plugin.adapters.lsl import LSLSink, LSLSource
+
+    return LSLSource if kind == "source" else LSLSink
+
+
+def _make(kind: str, name: str, opts: dict[str, Any]):
+    factory = _factory(kind, name)
+    try:
+        return factory(**opts)
+    except TypeError as exc:
+        raise ConfigError(f"{kind} {name!r} rejected its options {sorted(opts)}: {exc}") from None
+
+
+# -- summary -------------------------------------------------------------------------------------------
+def format_summary(s: dict) -> str:
+    def ms(d: dict) -> str:
+        if not d or not d.get("n"):
+            return "n/a"
+        return f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms, max {d['max']:.3f} ms (n={d['n']})"
+
+    lines = [
+        f"possm-lsl summary ({s.get('runtime_s', 0):.1f} s)",
+        f"  chunks decoded {s['chunks_decoded']}, skipped {s['chunks_skipped']}, oversized {s['chunks_oversized']}, "
+        f"resets {s['resets']}",
+        f"  spikes in {s['spikes_in']}, decoded {s['spikes_decoded']}, dropped {s['spikes_dropped']} "
+        f"(late {s['spikes_late']}, invalid {s['spikes_invalid']}, unknown {s['spikes_unknown']}, "
+        f"duplicate {s['spikes_duplicate']}, future {s['spikes_future']}, truncated {s['spikes_truncated']})",
+        f"  compute per chunk: {ms(s['compute_ms'])}",
+        f"  chunk end -> publish: {ms(s['publish_ms'])}",
+    ]
+    cal = s.get("calibration")
+    if cal:
+        r2 = cal.get("valid_r2")
+        lines.append(f"  calibration: R2 {'n/a' if r2 is None else f'{r2:.3f}'}, {cal.get('new_units', 0)} new units, "
+                     f"{100 * cal.get('trainable_fraction', 0):.2f}% of parameters trained in {cal.get('seconds', 0):.1f} s")
+    extra = {k: s[k] for k in ("predictions_published", "source_losses", "source_returns", "acquire_errors", "publish_errors") if k in s}
+    if extra:
+        lines.append("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()))
+    return "\n".join(lines)
+
+
+# -- the node ------------------------------------------------------------------------------------------
+def _pick_session(model, stream_units: list[str], default: str | None) -> str | None:
+    """The known session whose units contain every stream unit (the checkpoint default first)."""
+    want = set(stream_units)
+    order = ([default] if default else []) + [s for s in model.session_vocab.ids if s != default]
+    for sid in order:
+        if want <= set(model.session_units.get(sid, ())):
+            return sid
+    return default
+
+
+def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
+    """The unit id of each stream channel and the session to decode as (None: calibrate)."""
+    stream_units = list(source.unit_ids)
+    known_sessions = model.session_vocab.ids
+    if args.session:
+        if args.session not in model.session_vocab:
+            raise ConfigError(f"--session {args.session!r} is not in the checkpoint; known sessions: {', '.join(known_sessions) or 'none'}")
+        sess_units = list(model.session_units.get(args.session, ()))
+        if not sess_units:
+            raise ConfigError(f"session {args.session!r} has no unit list in the checkpoint")
+        if stream_units and len(stream_units) != len(sess_units):
+            raise ConfigError(
+                f"--session {args.session!r} maps channels in order, but the stream has {len(stream_units)} channels "
+                f"and the session {len(sess_units)} units"
+            )
+        log.info("mapping the stream's %d channels in order to session %r", len(sess_units), args.session)
+        return sess_units, args.session
+    if not stream_units:
+        raise ConfigError(
+            "the stream names no units (no channel labels); pass --session ID to map its channels, in order, to a known "
+            f"session ({', '.join(known_sessions) or 'none'}), or --source-opt n_units=N with --calibrate"
+        )
+    if args.calibrate:
+        return stream_units, None
+    unknown = [u for u in stream_units if u not in model.unit_vocab]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        hint = "" if getattr(source, "has_labels", True) else " (the stream has no channel labels, so its units are its channel indices)"
+        raise ConfigError(
+            f"{len(unknown)} of the stream's {len(stream_units)} units are unknown to the checkpoint: {shown}{hint}. "
+            f"Calibrate them online with `possm-lsl --inlet NAME --calibrate 60 --labels BEHAVIOUR_STREAM`, or, if the "
+            f"stream comes from the array of a known session, map its channels in order with --session ID "
+            f"(known: {', '.join(known_sessions) or 'none'})"
+        )
+    return stream_units, _pick_session(model, stream_units, doc.get("default_session"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The node, from parsed arguments (raises :class:`PossmError` for problems; ``main`` prints them)."""
+    import torch
+
+    from ..checkpoint import load_checkpoint
+    from ..runner import DecoderRunner
+    from ..streaming import StreamingDecoder
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be >= 1")
+    torch.set_num_threads(args.threads)
+    model, doc = load_checkpoint(args.checkpoint)
+    cfg = model.config
+    for flag, want, have in (("--chunk-width", args.chunk_width, cfg.chunk_width), ("--chunk-step", args.chunk_step, cfg.chunk_step)):
+        if want is not None and abs(float(want) - float(have)) > 1e-9:
+            raise ConfigError(f"{flag} {want:g} s does not match the checkpoint's {have:g} s; the model was trained with {have:g} s chunks")
+    if args.calibrate is not None and not args.labels:
+        raise ConfigError("--calibrate SECONDS needs --labels NAME (the LSL stream with the behaviour to calibrate on)")
+    if args.calibrate is not None and args.session:
+        raise ConfigError("--calibrate learns a new session; --session maps to a known one: use one or the other")
+    if args.calibrate is not None and not args.calibrate > 0:
+        raise ConfigError(f"--calibrate {args.calibrate!r} must be a positive number of seconds")
+
+    src_opts = parse_options(args.source_opt, what="source")
+    if args.source == "lsl":
+        if args.inlet:
+            src_opts.setdefault("name", args.inlet)
+        if args.predicate:
+            src_opts.setdefault("predicate", args.predicate)
+        if not src_opts.get("name") and not src_opts.get("predicate"):
+            raise ConfigError("say which LSL stream to decode: --inlet NAME (or --predicate \"type='Spikes'\")")
+        src_opts.setdefault("resolve_timeout", args.resolve_timeout)
+    source = _make("source", args.source, src_opts)
+    try:
+        source.connect(timeout=args.resolve_timeout)
+    except StreamError as exc:
+        print(f"possm-lsl: {exc}", file=sys.stderr)
+        return 2
+    try:
+        unit_ids, session = _map_units(args, model, doc, source)
+        calibration = None
+        if session is None:  # online calibration
+            from ..calibration import calibrate_online
+
+            model, session, unit_ids, calibration = calibrate_online(
+                model, source, labels=args.labels, seconds=args.calibrate, epochs=args.calibrate_epochs,
+                resolve_timeout=args.resolve_timeout, save_to=args.save_checkpoint,
+            )
+        decoder = StreamingDecoder(model, session=session, unit_ids=unit_ids, device=args.device, default_session=doc.get("default_session"))
+        sink_opts = parse_options(args.sink_opt, what="sink")
+        if args.sink == "lsl":
+            sink_opts.setdefault("name", args.outlet)
+            sink_opts.setdefault("telemetry", args.telemetry)
+            sink_opts.setdefault("meta", {"decoder": "possm", "session": session, "checkpoint": str(args.checkpoint or "default")})
+        sink = _make("sink", args.sink, sink_opts)
+        log.info("decoding %d units as session %r on %s; chunks %g s every %g s", len(unit_ids), session, decoder.device, decoder.chunk_width, decoder.chunk_step)
+        runner = DecoderRunner(source, decoder, [sink], duration=args.duration)
+        summary = runner.run(handle_signals=True)
+    finally:
+        source.disconnect()
+    summary["session"] = session
+    if calibration:
+        summary["calibration"] = {k: calibration[k] for k in ("valid_r2", "new_units", "trainable_parameters", "trainable_fraction", "seconds") if k in calibration}
+    if args.json_summary:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .main import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return run(args)
+    except PossmError as exc:
+        print(f"possm-lsl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("possm-lsl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The decode loop: source -> :class:`~possm_plugin.streaming.StreamingDecoder` -> sinks.
+
+One iteration: ``source.acquire`` (a short blocking pull) -> ``decoder.push`` (the events) ->
+``decoder.advance(watermark)`` (every chunk the watermark completes, one model step each) ->
+``sink.publish`` for every sink; then the chunk-end -> publish latency of each prediction is
+recorded with ``decoder.record_publish_latency`` (when the source can tell the time on its clock,
+through an optional ``source.now()``).
+
+Failures never stop the loop: an exception from ``acquire`` or ``publish`` is logged (rate-limited)
+and counted, and the loop goes on. Tests set ``POSSM_RAISE_IN_THREADS=1`` to make it raise instead.
+
+Source loss: a source that sets ``source.lost = True`` (the LSL source does after ``lost_after``
+seconds without data) is reported once, the loop keeps running, and when data comes back
+(``lost`` turns False) the decoder is reset: **decoding resumes with a fresh state** (no recurrent
+state, history or buffered spikes from before the loss; the chunk grid is re-anchored at the first
+new event). Independently of this, the StreamingDecoder itself resets a stream whose watermark jumps
+more than ``max_gap`` seconds.
+
+Stopping: :meth:`DecoderRunner.stop`, a ``threading.Event`` given as ``stop_event``, ``duration``
+seconds, or SIGINT/SIGTERM when :meth:`run` is called with ``handle_signals=True`` (main thread).
+:meth:`run` returns a summary: ``decoder.stats.summary()`` plus the runner's own counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .io import Prediction, PredictionSink, SpikeSource
+from .streaming import StreamingDecoder
+
+__all__ = ["DecoderRunner", "raise_in_threads"]
+
+log = logging.getLogger("possm_plugin.runner")
+
+
+def raise_in_threads() -> bool:
+    """True when ``POSSM_RAISE_IN_THREADS`` asks acquisition errors to raise (tests)."""
+    return os.environ.get("POSSM_RAISE_IN_THREADS", "").strip().lower() in ("1", "true", "yes")
+
+
+class DecoderRunner:
+    """Run a decoder on a source until told to stop.
+
+    Args:
+        source: a connected (or connectable) :class:`~possm_plugin.io.SpikeSource`.
+        decoder: the :class:`~possm_plugin.streaming.StreamingDecoder` (stream 0 is decoded).
+        sinks: prediction sinks, connected by :meth:`run` if they are not yet.
+        stop_event: set it to stop the loop (from another thread or a signal handler).
+        duration: stop after this many seconds (None: run until stopped).
+        poll_timeout: the longest one ``acquire`` call waits for data, seconds.
+        on_predictions: called with each list of published predictions (e.g. a progress display).
+        error_backoff: pause after an acquisition error, seconds.
+        warmup: model steps run on a throwaway state before the loop starts (the first calls of a
+            torch model are slow; warming up keeps them out of the first chunks' latency).
+    """
+
+    def __init__(
+        self,
+        source: SpikeSource,
+        decoder: StreamingDecoder,
+        sinks: Sequence[PredictionSink] = (),
+        *,
+        stop_event: threading.Event | None = None,
+        duration: float | None = None,
+        poll_timeout: float = 0.005,
+        on_predictions: Callable[[list[Prediction]], None] | None = None,
+        error_backoff: float = 0.05,
+        warmup: int = 5,
+    ) -> None:
+        if duration is not None and not (duration > 0 and math.isfinite(duration)):
+            raise ValueError(f"duration={duration!r} must be a positive number of seconds or None")
+        if poll_timeout < 0:
+            raise ValueError(f"poll_timeout={poll_timeout!r} must be >= 0")
+        self.source = source
+        self.decoder = decoder
+        self.sinks = list(sinks)
+        self.stop_event = stop_event or threading.Event()
+        self.duration = duration
+        self.poll_timeout = float(poll_timeout)
+        self.on_predictions = on_predictions
+        self.error_backoff = float(error_backoff)
+        self.warmup = int(warmup)
+        self.acquire_errors = 0
+        self.publish_errors = 0
+        self.source_losses = 0
+        self.source_returns = 0
+        self.published = 0
+        self.runtime_s = 0.0
+        self._was_lost = False
+        self._last_err_log = -math.inf
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current iteration."""
+        self.stop_event.set()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, *, handle_signals: bool = False) -> dict:
+        """Decode until stopped; returns :meth:`summary`. Sinks are disconnected at the end (the
+        source is left to its owner)."""
+        restore = self._install_signals() if handle_signals else {}
+        for sink in self.sinks:
+            if not sink.connected:
+                sink.connect(output_names=self.decoder.output_names, chunk_step=self.decoder.chunk_step)
+        if not self.source.connected:
+            self.source.connect()
+        self._warmup()
+        t_start = time.monotonic()
+        deadline = None if self.duration is None else t_start + self.duration
+        try:
+            while not self.stop_event.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.step()
+        finally:
+            self.runtime_s = time.monotonic() - t_start
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+            for sink in self.sinks:
+                try:
+                    sink.disconnect()
+                except Exception:  # noqa: BLE001 - closing must not hide the summary
+                    log.exception("closing sink %s failed", type(sink).__name__)
+        return self.summary()
+
+    def step(self) -> list[Prediction]:
+        """One iteration (acquire, push, advance, publish); returns the published predictions."""
+        try:
+            batch = self.source.acquire(timeout=self.poll_timeout)
+        except Exception as exc:  # noqa: BLE001 - a failing source must not stop the decoder
+            if raise_in_threads():
+                raise
+            self.acquire_errors += 1
+            self._log_error("acquisition failed (%d so far): %s", self.acquire_errors, exc)
+            self.stop_event.wait(self.error_backoff)
+            return []
+        lost = bool(getattr(self.source, "lost", False))
+        if lost and not self._was_lost:
+            self.source_losses += 1
+            log.warning("source lost; the decoder keeps running and resumes (fresh state) when it returns")
+        elif self._was_lost and not lost:
+            self.source_returns += 1
+            self.decoder.reset()
+            log.warning("source is back; decoding resumes with a fresh state")
+        self._was_lost = lost
+        dec = self.decoder
+        start = getattr(batch, "start", None)
+        if start is not None and dec.t0(0) is None:
+            dec.advance(start)  # anchor the chunk grid on the first bin's start (with or without spikes)
+        if len(batch):
+            dec.push(batch.channels, batch.times)
+        preds = dec.advance(batch.watermark)
+        if preds:
+            self._publish(preds)
+        return preds
+
+    def _warmup(self) -> None:
+        """Run the model a few times on a blank chunk with a fresh state (results discarded)."""
+        if self.warmup <= 0:
+            return
+        import torch
+
+        model, dev = self.decoder.model, self.decoder.device
+        state = model.initial_state(1, device=dev)
+        units = torch.zeros(1, 1, dtype=torch.long, device=dev)
+        times = torch.zeros(1, 1, device=dev)
+        mask = torch.ones(1, 1, dtype=torch.bool, device=dev)
+        session = torch.zeros(1, dtype=torch.long, device=dev)
+        with torch.inference_mode():
+            for _ in range(self.warmup):
+                _, state = model.step(units, times, mask, session, state)
+
+    def _publish(self, preds: list[Prediction]) -> None:
+        for sink in self.sinks:
+            try:
+                sink.publish(preds)
+            except Exception as exc:  # noqa: BLE001
+                if raise_in_threads():
+                    raise
+                self.publish_errors += 1
+                self._log_error("publishing to %s failed (%d so far): %s", type(sink).__name__, self.publish_errors, exc)
+        self.published += len(preds)
+        now = getattr(self.source, "now", None)
+        if callable(now):
+            t = now()
+            if t is not None:
+                for p in preds:
+                    self.decoder.record_publish_latency((t - p.t_end) * 1e3)
+        if self.on_predictions is not None:
+            self.on_predictions(preds)
+
+    def _log_error(self, msg: str, *args) -> None:
+        t = time.monotonic()
+        if t - self._last_err_log > 5.0:
+            self._last_err_log = t
+            log.error(msg, *args)
+
+    # -- signals -------------------------------------------------------------------------------
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):  # noqa: ARG001
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        return old
+
+    # -- results -------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        s = self.decoder.stats.summary()
+        s.update(
+            runtime_s=round(self.runtime_s, 3),
+            predictions_published=self.published,
+            acquire_errors=self.acquire_errors,
+            publish_errors=self.publish_errors,
+            source_losses=self.source_losses,
+            source_returns=self.source_returns,
+        )
+        return s

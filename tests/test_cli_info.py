@@ -1,0 +1,91 @@
+"""``possm info`` (and ``possm simulate``, which writes the sessions ``info`` later describes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_tiny_model
+
+from possm_plugin.checkpoint import save_checkpoint
+from possm_plugin.cli.main import main
+from possm_plugin.session import load_sessions
+
+
+@pytest.fixture
+def two_session_checkpoint(tmp_path):
+    model = make_tiny_model("s4d", n_units=5, session="a")
+    b_units = ["b/x1", "b/x2", "b/x3"]
+    model.extend_units(b_units)
+    model.extend_sessions(["b"], units={"b": b_units})
+    return save_checkpoint(model, tmp_path / "two", default_session="b", meta={"note": "two sessions"}), model
+
+
+def test_info_json_describes_the_checkpoint(two_session_checkpoint, capsys):
+    path, model = two_session_checkpoint
+    assert main(["info", str(path), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["backbone"] == "s4d" and d["backbone_kwargs"] == {"hidden": 48, "layers": 2, "d_state": 16}
+    assert d["n_parameters"] == model.n_parameters() > 0
+    assert d["n_parameters_without_embeddings"] == model.n_parameters() - 9 * 32 - 3 * 32
+    assert (d["chunk_width"], d["chunk_step"]) == (0.05, 0.05)
+    assert d["readout"] == "regression" and d["outputs"] == ["vx", "vy"] and d["target_scale"] == 20.0
+    assert d["default_session"] == "b" and d["n_sessions"] == 2 and d["n_units"] == 8
+    assert d["sessions"] == [
+        {"session_id": "a", "n_units": 5, "unit_ids": [f"a/u{i:03d}" for i in range(5)]},
+        {"session_id": "b", "n_units": 3, "unit_ids": ["b/x1", "b/x2", "b/x3"]},
+    ]
+    assert d["model"]["dim"] == 32 and d["meta"] == {"note": "two sessions"}
+    assert d["checkpoint"].endswith("two.yaml") and d["weights"].endswith("two.safetensors")
+
+
+def test_info_text_and_stem_and_directory(two_session_checkpoint, capsys):
+    path, _ = two_session_checkpoint
+    assert main(["info", str(path.with_suffix(""))]) == 0
+    out = capsys.readouterr().out
+    assert "backbone s4d" in out and "width 50 ms, step 50 ms" in out and "default 'b'" in out
+    assert "a: 5 units [a/u000, a/u001, a/u002, ...]" in out and "b: 3 units [b/x1, b/x2, b/x3]" in out
+    assert main(["info", str(path.parent), "--units"]) == 0  # a directory with one checkpoint
+    assert "a/u004" in capsys.readouterr().out
+
+
+def test_info_without_argument_reads_the_bundled_default(two_session_checkpoint, monkeypatch, capsys):
+    path, _ = two_session_checkpoint
+    monkeypatch.setattr("possm_plugin.checkpoint.default_checkpoint", lambda: path)
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(path)
+
+
+def test_info_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nothing.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("possm info: error: checkpoint file") and "does not exist" in err[-1]
+
+
+def test_info_corrupt_weights_are_reported(two_session_checkpoint, capsys):
+    path, _ = two_session_checkpoint
+    w = path.with_suffix(".safetensors")
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)
+    assert main(["info", str(path)]) == 1
+    assert "do not match the sha256" in capsys.readouterr().err
+
+
+def test_simulate_writes_sessions_that_match_the_stream_units(tmp_path, capsys):
+    assert main(["simulate", "--sessions", "2", "--seed", "0", "--out", str(tmp_path), "--duration", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "sim-m0-s000.npz" in out and "sim-m0-s001.npz" in out
+    sessions = load_sessions(tmp_path)
+    assert [s.session_id for s in sessions] == ["sim-m0-s000", "sim-m0-s001"]
+    assert sessions[0].duration <= 6.0 and len(sessions[0].spike_times) > 1000
+    from possm_plugin.sim_lsl import SimulatedLSLStream
+
+    live = SimulatedLSLStream(name="unused", offset=6.0, segment=5.0)  # built, not opened: no LSL traffic
+    assert live.session_id == "sim-m0-s000" and live.unit_ids == sessions[0].unit_ids
+    assert live.spike_times.min() >= 0 and live.spike_times.max() < 5.0
+    assert not np.isin(live.spike_times + 6.0, sessions[0].spike_times).any()  # another time segment
+
+
+def test_simulate_needs_out_or_lsl(capsys):
+    assert main(["simulate"]) == 1
+    assert "--out DIR" in capsys.readouterr().err
