@@ -26,6 +26,11 @@ Per block of samples the board delivers (:class:`ThresholdDetector`):
 3. **Threshold crossings** at ``threshold`` x RMS (negative: the signal falls below; positive: rises
    above), at most one per ``refractory_ms`` per channel.
 
+Bad samples: NaN or inf samples (a dropped packet, a board glitch) are replaced by the channel's last
+finite sample, and samples beyond +-``MAX_SAMPLE`` are clipped, before filtering (counted in
+``n_bad_samples``, logged at most every 5 s), so one bad sample can never turn the filter or the RMS
+into NaN or inf for good.
+
 Each crossing becomes an event at its sample's time. The clock: the first sample's BrainFlow timestamp
 (unix seconds) plus the sample count / sampling rate -- free of the jitter of the board's packets. The
 watermark after a block is the time of the next sample to come.
@@ -49,9 +54,12 @@ from possm_plugin.errors import ConfigError, StreamError
 from possm_plugin.io import SpikeBatch, SpikeSource
 from possm_plugin.plugins.markers import hookimpl
 
-__all__ = ["ThresholdDetector", "BrainFlowSource", "resolve_board", "effective_band", "possm_register_sources"]
+__all__ = ["ThresholdDetector", "BrainFlowSource", "resolve_board", "effective_band", "possm_register_sources", "MAX_SAMPLE"]
 
 log = logging.getLogger("possm_plugin.adapters.brainflow")
+
+#: raw samples are clipped to +-this (no board measures it; it keeps squares and filters finite)
+MAX_SAMPLE = 1e12
 
 
 def _brainflow():
@@ -142,8 +150,11 @@ class ThresholdDetector:
         self._ms = np.zeros(self.n_channels)
         self._ms_n = 0
         self._last = np.full(self.n_channels, -(10**12), dtype=np.int64)
+        self._last_raw = np.zeros(self.n_channels)
         self.n_seen = 0
         self.n_crossings = 0
+        self.n_bad_samples = 0
+        self._bad_logged = -math.inf
 
     @property
     def rms(self) -> np.ndarray:
@@ -175,6 +186,7 @@ class ThresholdDetector:
         n = x.shape[1]
         if n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        x = self._sanitize(x)
         y = self.filter(x)
         start = self.n_seen
         chans, idx = np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -198,6 +210,27 @@ class ThresholdDetector:
         self.n_seen += n
         self.n_crossings += len(idx)
         return chans, idx
+
+    def _sanitize(self, x: np.ndarray) -> np.ndarray:
+        """Replace NaN/inf samples by the channel's last finite one and clip to +-MAX_SAMPLE (counted)."""
+        bad = ~np.isfinite(x)
+        huge = ~bad & (np.abs(np.where(bad, 0.0, x)) > MAX_SAMPLE)
+        if bad.any() or huge.any():
+            n_bad = int(bad.sum() + huge.sum())
+            self.n_bad_samples += n_bad
+            now = time.monotonic()
+            if now - self._bad_logged >= 5.0:
+                self._bad_logged = now
+                log.warning("%d NaN/inf/absurd samples held at the last finite value or clipped (%d so far)", n_bad, self.n_bad_samples)
+            x = np.clip(np.where(bad, np.nan, x), -MAX_SAMPLE, MAX_SAMPLE)
+            if bad.any():  # forward-fill each channel from its last finite sample
+                n = x.shape[1]
+                idx = np.where(bad, -1, np.arange(n)[None, :])
+                np.maximum.accumulate(idx, axis=1, out=idx)
+                filled = np.take_along_axis(x, np.maximum(idx, 0), axis=1)
+                x = np.where(idx < 0, self._last_raw[:, None], filled)
+        self._last_raw = x[:, -1].copy()
+        return x
 
     def _update_rms(self, y: np.ndarray, start: int) -> None:
         skip = max(0, self.history - start)  # the filter's start-up transient
@@ -374,7 +407,13 @@ class BrainFlowSource(SpikeSource):
         if data.shape[1] == 0:
             return SpikeBatch.empty(None if self.t0 is None else self.t0 + self.detector.n_seen / self.fs)
         if self.t0 is None:
-            self.t0 = float(data[self._ts_row, 0])
+            ts = np.asarray(data[self._ts_row], dtype=np.float64)
+            ok = np.flatnonzero(np.isfinite(ts))
+            if len(ok):  # the clock starts at the first sample: from the first finite timestamp, counted back
+                self.t0 = float(ts[ok[0]]) - ok[0] / self.fs
+            else:
+                self.t0 = time.time()
+                log.warning("BrainFlow board %d sent no finite timestamp; its clock starts at the local time", self.board_id)
         first = self.detector.n_seen
         ch, idx = self.detector.process(data[self.rows])
         batch = SpikeBatch(ch, self.t0 + idx / self.fs, self.t0 + self.detector.n_seen / self.fs)

@@ -27,6 +27,18 @@ The node
    input's ``sync`` field, passed through;
 5. stops cleanly on SIGINT or SIGTERM, posting ``{code: 0, status: done, stats: JSON}``.
 
+Crash recovery: a node that was killed (SIGKILL, OOM, power) left ``running`` as the last entry of
+``NICKNAME_state``. When it starts again (``resume: true``, the default, with ``start: $``), it resumes
+after the input entry that completed its last output chunk (the ``id_in`` of the newest entry of its
+output stream, which is therefore also the durable record of its progress): the entries of the chunk
+it had not finished and those that arrived while it was down are *replayed*, up to
+``resume_max_seconds`` of input; a longer backlog is *skipped* (the node starts at the newest entry).
+The output counter ``i`` and, with the tick clock, the chunk grid continue where they stopped; the
+recurrent state is lost (decoding restarts from a fresh state). What it did is logged and posted:
+``{status: running, message: "resumed after a crash: ...", resume: JSON}`` with ``after_id``,
+``replayed``, ``skipped``, ``trimmed`` (entries after ``after_id`` were trimmed away while it was down:
+their number is unknown) and ``outputs_before``.
+
 Clock: by default (``clock: tick``) entry ``n`` (counted from the first one read) covers
 ``[n, n + 1)`` ms, so each 50 entries complete exactly one chunk, whatever the jitter of their arrival.
 ``clock: ts`` uses each entry's own ``ts`` field instead, ``clock: timestamps`` BRAND's 30 kHz sample
@@ -61,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 
 from possm_plugin.adapters.redis_stream import (
     CLOCKS,
@@ -116,6 +129,8 @@ class NodeParameters:
     sync_key: str = "sync"
     time_key: str = "ts"
     start: str = "$"
+    resume: bool = True
+    resume_max_seconds: float = 30.0
     log: str = "INFO"
 
     @classmethod
@@ -135,15 +150,22 @@ class NodeParameters:
                     if isinstance(v, bool) or int(v) != float(v) or int(v) <= 0:
                         raise ValueError
                     v = int(v)
-                elif f.name in ("bin_size_ms", "calibrate_seconds", "timestamps_rate"):
+                elif f.name in ("bin_size_ms", "calibrate_seconds", "timestamps_rate", "resume_max_seconds"):
                     v = float(v)
                     if not v > 0:
+                        raise ValueError
+                elif f.name == "resume":
+                    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                        v = v.strip().lower() in ("true", "yes", "on", "1")
+                    elif isinstance(v, bool) or v in (0, 1):
+                        v = bool(v)
+                    else:
                         raise ValueError
                 elif f.name == "unit_ids":
                     v = [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else [str(u) for u in v]
                 else:
                     v = str(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ConfigError(f"parameter {f.name}={d[f.name]!r} has the wrong type or value (expected {f.type})") from None
             kw[f.name] = v
         p = cls(**kw)
@@ -193,6 +215,8 @@ def read_node_parameters(client, nickname: str) -> dict[str, Any]:
         node = next((n for n in nodes.values() if isinstance(n, dict) and n.get("nickname") == nickname), None)
     if node is None:
         raise ConfigError(f"node {nickname!r} is not in the supergraph (its nodes: {sorted(nodes)})")
+    if not isinstance(node, dict):
+        raise ConfigError(f"nodes[{nickname!r}] in the supergraph is a {type(node).__name__}, not a mapping")
     params = node.get("parameters") or {}
     if not isinstance(params, dict):
         raise ConfigError(f"nodes[{nickname!r}].parameters is not a mapping")
@@ -246,6 +270,8 @@ class BrandNode:
         self.model = None
         self.calibration_metrics: dict | None = None
         self.outputs = 0
+        self.previous_state: dict | None = None
+        self.resume_info: dict | None = None
         self.latency_ms: list[float] = []
         self._started = False
         self._reconnected = False
@@ -265,6 +291,13 @@ class BrandNode:
     def connect(self, timeout: float = 10.0) -> None:
         """Wait for the server (``StreamError`` after ``timeout`` s) and post ``initialized``."""
         self.conn.wait_until_up(timeout)
+        try:  # how the previous run of this node ended (``running``: it was killed) -- read before posting ours;
+            # 'initialized' entries are skipped: a restart that died while loading its model changes nothing
+            last = self.conn.call(lambda r: r.xrevrange(f"{self.nickname}_state", count=50))
+            ended = [dict(f) for _, f in last if f.get(b"status") != b"initialized"]
+            self.previous_state = ended[0] if ended else None
+        except RedisUnavailable:
+            self.previous_state = None
         self.post_state("initialized")
 
     def load_parameters(self) -> NodeParameters:
@@ -355,7 +388,11 @@ class BrandNode:
             self.setup()
         assert self.reader is not None and self.writer is not None and self.parser is not None
         try:
-            self.reader.position()  # resolve '$' now: entries from this moment on are ours
+            self.resume_info = self._resume()
+        except RedisUnavailable:
+            self.resume_info = None
+        try:
+            self.reader.position()  # resolve '$' now (unless resuming): entries from this moment on are ours
         except RedisUnavailable:
             pass
         if self.calibration is not None:
@@ -363,7 +400,10 @@ class BrandNode:
                 self.calibration.label_reader.position()
             except RedisUnavailable:
                 pass
-        self.post_state("running" if self.decoder is not None else "calibrating")
+        extra = {}
+        if self.resume_info is not None:
+            extra = {"message": self.resume_info["message"], "resume": {k: v for k, v in self.resume_info.items() if k != "message"}}
+        self.post_state("running" if self.decoder is not None else "calibrating", **extra)
         while not self.stop.is_set():
             entries = self.reader.read(block_ms)
             t_read = time.perf_counter()
@@ -421,6 +461,75 @@ class BrandNode:
         self.latency_ms.append(ms)
         if len(self.latency_ms) > 100_000:
             del self.latency_ms[:50_000]
+
+    # -- crash recovery --------------------------------------------------------------------------
+    def _resume(self) -> dict | None:
+        """After a crash (our last state was ``running``): resume after the input entry that completed
+        the last chunk written (see the module docstring). Returns what was done, or None."""
+        p = self.params
+        prev = self.previous_state or {}
+        if not p.resume or p.start != "$" or prev.get(b"status") != b"running" or self.decoder is None:
+            return None
+        out_stream = p.output_stream or self.nickname
+        last_out = self.conn.call(lambda r: r.xrevrange(out_stream, count=1))
+        f = last_out[0][1] if last_out else {}
+        if b"id_in" not in f:
+            msg = "restarted after a crash, but the previous run left no output to resume after: starting at new entries"
+            log.warning("%s", msg)
+            return {"resumed": False, "message": msg}
+        after = f[b"id_in"].decode()
+        i_last = int(np.frombuffer(f[b"i"], np.uint64)[0]) if len(f.get(b"i", b"")) == 8 else None
+        t_end = float(np.frombuffer(f[b"t_end"], np.float64)[0]) if len(f.get(b"t_end", b"")) == 8 else None
+        stream = p.input_stream
+
+        def head(r):
+            try:
+                info = r.xinfo_stream(stream)
+            except redis.exceptions.ResponseError:  # no such stream: nothing to resume from
+                return None
+            lid = info.get("last-generated-id", info.get(b"last-generated-id"))
+            return lid.decode() if isinstance(lid, bytes) else str(lid)
+
+        top = self.conn.call(head)
+        if top is None or _id(top) < _id(after):
+            msg = (f"restarted after a crash, but input stream {stream!r} was reset (its newest id {top} is older than "
+                   f"{after}, the last entry decoded): starting at new entries")
+            log.warning("%s", msg)
+            return {"resumed": False, "message": msg, "after_id": after}
+
+        def count(r) -> tuple[int, bool]:
+            n, cursor = 0, "(" + after
+            while _id(top) > _id(after):
+                batch = r.xrange(stream, min=cursor, max=top, count=10000)
+                n += len(batch)
+                if len(batch) < 10000:
+                    break
+                last = batch[-1][0]
+                cursor = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            first = r.xrange(stream, count=1)
+            fid = first[0][0] if first else None
+            trimmed = fid is not None and _id(fid) > _id(after) and not r.xrange(stream, min=after, max=after)
+            return n, trimmed
+
+        n, trimmed = self.conn.call(count)
+        max_entries = int(p.resume_max_seconds / self.parser.bin_s)
+        if n <= max_entries:
+            self.reader.last_id, replayed, skipped = after, n, 0
+        else:
+            self.reader.last_id, replayed, skipped = top, 0, n
+        if p.clock == "tick" and t_end is not None:  # the chunk grid continues where it stopped
+            self.parser.n_entries = int(round(t_end / self.parser.bin_s)) + skipped
+        if i_last is not None:
+            self.outputs = i_last + 1
+        parts = [f"resumed after a crash: after input entry {after}", f"{replayed} input entries replayed",
+                 f"{skipped} skipped (more than resume_max_seconds={p.resume_max_seconds:g} s of backlog)" if skipped else "0 skipped",
+                 "the recurrent state was lost (decoding restarts from a fresh state)"]
+        if trimmed:
+            parts.insert(3, "entries after it were trimmed from the input stream while the node was down (lost, number unknown)")
+        msg = "; ".join(parts)
+        log.warning("%s", msg)
+        return {"resumed": True, "message": msg, "after_id": after, "replayed": replayed, "skipped": skipped,
+                "trimmed": bool(trimmed), "outputs_before": self.outputs}
 
     # -- online calibration ----------------------------------------------------------------------
     def _collect(self, pe: ParsedEntry) -> None:
@@ -530,6 +639,8 @@ class BrandNode:
         if self.decoder is not None:
             d = self.decoder.stats.summary()
             s["decoder"] = {k: d[k] for k in ("chunks_decoded", "chunks_skipped", "spikes_decoded", "spikes_dropped", "resets", "compute_ms")}
+        if self.resume_info is not None:
+            s["resume"] = {k: v for k, v in self.resume_info.items() if k != "message"}
         if self.calibration_metrics is not None:
             s["calibration"] = {k: v for k, v in self.calibration_metrics.items() if isinstance(v, (int, float, str))}
         if self.latency_ms:
@@ -539,6 +650,12 @@ class BrandNode:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _id(eid) -> tuple[int, int]:
+    s = eid.decode() if isinstance(eid, bytes) else str(eid)
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
 
 
 # -- command line -------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -172,7 +172,7 @@ class RedisOptions:
     socket: str | None = None
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback's locals
     ssl: bool = False
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
@@ -507,6 +507,8 @@ class EntryParser:
             raw = raw.encode()
         if raw is None:
             return self._reject(entry_id, index, t_start, flds, "missing_field", f"no {self.field.decode()!r} field")
+        if not isinstance(raw, (bytes, bytearray, memoryview)):  # Redis only delivers bytes; in-process callers may not
+            return self._reject(entry_id, index, t_start, flds, "wrong_dtype", f"{self.field.decode()!r} is a {type(raw).__name__}, not packed bytes")
         n, size = self.n_channels, self.dtype.itemsize
         if len(raw) != n * size:
             if len(raw) % n == 0 and len(raw) // n in (1, 2, 4, 8):

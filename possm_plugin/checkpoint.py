@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from .config import ModelConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, PossmError
 from .model import POSSM
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_config", "resolve_checkpoint", "default_checkpoint", "FORMAT_VERSION"]
@@ -132,6 +132,18 @@ def read_checkpoint_config(path: str | os.PathLike | None) -> dict[str, Any]:
     for key, typ in (("model", dict), ("unit_ids", list), ("session_ids", list), ("session_units", dict)):
         if not isinstance(doc.get(key), typ):
             raise CheckpointError(f"checkpoint config {str(config)!r}: {key!r} is missing or not a {typ.__name__}")
+
+    def strings(x) -> bool:
+        return isinstance(x, list) and all(isinstance(u, str) for u in x)
+
+    for key in ("unit_ids", "session_ids"):
+        if not strings(doc[key]):
+            raise CheckpointError(f"checkpoint config {str(config)!r}: {key!r} must be a list of strings")
+    if not all(isinstance(k, str) and strings(v) for k, v in doc["session_units"].items()):
+        raise CheckpointError(f"checkpoint config {str(config)!r}: 'session_units' must map session ids to lists of unit ids")
+    for key in ("default_session", "weights_sha256"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise CheckpointError(f"checkpoint config {str(config)!r}: {key!r} must be a string, got {doc[key]!r}")
     ds = doc.get("default_session")
     if ds is not None and ds not in doc["session_ids"]:
         raise CheckpointError(f"checkpoint config {str(config)!r}: default_session {ds!r} is not among its sessions")
@@ -158,7 +170,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, map_location: str 
     try:
         cfg = ModelConfig.from_dict(doc["model"])
         model = POSSM(cfg, unit_ids=doc["unit_ids"], session_ids=doc["session_ids"], session_units=doc["session_units"])
-    except ConfigError as exc:
+    except (PossmError, TypeError, ValueError, KeyError, RuntimeError) as exc:  # e.g. backbone_kwargs of the wrong type
         raise CheckpointError(f"checkpoint {str(config)!r}: {exc}") from None
     try:
         tensors = load_file(str(weights), device="cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,15 @@ class ModelConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"model config: {name}={getattr(self, name)!r} {why}")
 
+        for name in ("ffn_dropout", "atn_dropout", "chunk_width", "chunk_step", "target_scale", "t_min", "t_max", "emb_init_scale"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise bad(name, "must be a finite number")
+        for name in ("backbone", "readout"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, "must be a string")
+        if not isinstance(self.output_names, list) or not all(isinstance(n, str) for n in self.output_names):
+            raise bad("output_names", "must be a list of strings")
         for name in ("dim", "dim_head", "cross_heads", "num_latents", "ffn_mult", "context_chunks", "output_dim", "max_tokens_per_chunk"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -105,7 +115,9 @@ class ModelConfig:
             raise ConfigError(f"model config: unknown key(s) {unknown}; known keys: {sorted(known)}")
         try:
             return cls(**copy.deepcopy(d))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(f"model config: {exc}") from None
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,13 @@ import numpy as np
 from .errors import DataError
 
 __all__ = ["Session", "load_sessions", "PHASE_OTHER", "PHASE_HOLD", "PHASE_REACH", "TASKS"]
+
+# what Session.load accepts for each key (numpy dtype kinds; "scalar": a single value)
+_NUMERIC = ("spike_times", "spike_units", "target_times", "targets", "phase", "trials", "trial_labels", "label_seq", "label_offsets")
+_NUMERIC_SCALARS = ("n_classes", "target_scale")
+_STRING_SCALARS = ("session_id", "subject", "task", "meta")
+_STRING_LISTS = ("unit_ids", "target_names")
+_INTEGERS = ("spike_units", "phase", "trial_labels", "label_seq", "label_offsets", "n_classes")
 
 PHASE_OTHER, PHASE_HOLD, PHASE_REACH = 0, 1, 2
 TASKS = ("regression", "classification", "ctc")
@@ -203,24 +211,49 @@ class Session:
         if not path.is_file():
             raise DataError(f"session file {str(path)!r} does not exist")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # our handle: closed even when numpy fails
                 d = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise DataError(f"session file {str(path)!r} is not a readable NPZ file ({exc})") from None
         required = ("session_id", "spike_times", "spike_units", "unit_ids", "target_times", "targets", "trials")
         missing = [k for k in required if k not in d]
         if missing:
             raise DataError(f"session file {str(path)!r} lacks {missing}")
+        for key, v in d.items():
+            numeric = key in _NUMERIC or key in _NUMERIC_SCALARS
+            if key in _NUMERIC or key in _NUMERIC_SCALARS or key in _STRING_SCALARS or key in _STRING_LISTS:
+                if v.dtype.kind not in ("biuf" if numeric else "US"):
+                    want = "real numbers" if numeric else "strings"
+                    raise DataError(f"session file {str(path)!r}: {key!r} holds {v.dtype} values, expected {want}")
+                if (key in _NUMERIC_SCALARS or key in _STRING_SCALARS) and v.size != 1:
+                    raise DataError(f"session file {str(path)!r}: {key!r} must be a single value, got shape {v.shape}")
+                if key in _INTEGERS and v.dtype.kind == "f" and not (np.isfinite(v).all() and (v == np.round(v)).all()):
+                    raise DataError(f"session file {str(path)!r}: {key!r} must hold whole numbers")
+                if key in _STRING_LISTS and v.ndim != 1:
+                    raise DataError(f"session file {str(path)!r}: {key!r} must be a 1-d list of strings, got shape {v.shape}")
 
         def opt(key, default=None):
-            return d[key] if key in d else default
+            if key not in d:
+                return default
+            return d[key].reshape(-1)[0] if key in _STRING_SCALARS or key in _NUMERIC_SCALARS else d[key]
 
         try:
             meta = json.loads(str(opt("meta", "{}")))
         except json.JSONDecodeError as exc:
             raise DataError(f"session file {str(path)!r}: meta is not JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"session file {str(path)!r}: meta must be a JSON object, got {type(meta).__name__}")
+        try:
+            return cls._from_arrays(d, opt, meta)
+        except DataError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:  # shapes that do not fit together, absurd values
+            raise DataError(f"session file {str(path)!r} is malformed: {exc}") from None
+
+    @classmethod
+    def _from_arrays(cls, d: dict, opt, meta: dict) -> "Session":
         return cls(
-            session_id=str(d["session_id"]),
+            session_id=str(opt("session_id")),
             subject=str(opt("subject", "unknown")),
             task=str(opt("task", "regression")),
             spike_times=d["spike_times"],

@@ -120,7 +120,7 @@ def format_summary(s: dict) -> str:
         f"resets {s['resets']}",
         f"  spikes in {s['spikes_in']}, decoded {s['spikes_decoded']}, dropped {s['spikes_dropped']} "
         f"(late {s['spikes_late']}, invalid {s['spikes_invalid']}, unknown {s['spikes_unknown']}, "
-        f"duplicate {s['spikes_duplicate']}, future {s['spikes_future']}, truncated {s['spikes_truncated']})",
+        f"duplicate {s['spikes_duplicate']}, future {s['spikes_future']}, truncated {s['spikes_truncated']}, skipped {s.get('spikes_skipped', 0)})",
         f"  compute per chunk: {ms(s['compute_ms'])}",
         f"  chunk end -> publish: {ms(s['publish_ms'])}",
     ]
