@@ -40,7 +40,7 @@ from .checkpoint import load_checkpoint
 from .errors import ConfigError, UnknownUnitError
 from .io import Prediction
 from .model import POSSM
-from .tokenize import tokenize
+from .tokenize import chunk_ends, tokenize
 
 __all__ = ["StreamingDecoder", "DecoderStats", "MAX_ABS_TIME"]
 
@@ -456,9 +456,7 @@ class StreamingDecoder:
             st = self.streams[s]
             start = st.t0 + st.next_chunk * self.chunk_step
             nxt = st.t0 + (st.next_chunk + 1) * self.chunk_step  # the next chunk's start, as the grid computes it
-            end = start + self.chunk_width
-            if abs(nxt - end) <= 8 * np.spacing(abs(end)):  # tiling chunks: the end is the next start (tokenize)
-                end = nxt
+            end = float(chunk_ends(np.array([start]), self.chunk_width, nxt)[0])  # tiling chunks end at the next start
             hi = np.searchsorted(st.times, end, side="left")
             c = tokenize(st.rows[:hi], st.times[:hi], starts=np.array([start]), width=self.chunk_width, max_tokens=self.max_tokens,
                          next_start=nxt)
