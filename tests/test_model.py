@@ -137,3 +137,28 @@ def test_config_rejects_bad_values_and_unknown_keys():
         POSSM(ModelConfig(backbone="gru", backbone_kwargs={"hiden": 3}))
     with pytest.raises(ConfigError, match="no preset"):
         preset("huge")
+
+
+@pytest.mark.parametrize("backbone", ["s4d", "mamba"])
+def test_inference_caches_follow_weight_changes(backbone):
+    m = make_tiny_model(backbone, n_units=8)
+    t = _tokens(3, 8, seed=9)
+    s = torch.tensor([1])
+
+    def run():
+        st = m.initial_state(1)
+        outs = []
+        with torch.no_grad():
+            for i in range(3):
+                o, st = m.step(t["units"][:, i], t["times"][:, i], t["mask"][:, i], s, st)
+                outs.append(o)
+        return torch.cat(outs)
+
+    before = run()
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.mul_(1.1)
+    after = run()
+    with torch.no_grad():
+        ref, _ = m(t["units"], t["times"], t["mask"], s)  # sequence form: never cached
+    assert (after - ref[0]).abs().max() <= 1e-5 and (after - before).abs().max() > 1e-4

@@ -38,6 +38,16 @@ class MambaBlock(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self._a_cache: tuple | None = None
+
+    def _a(self) -> torch.Tensor:
+        """A = -exp(A_log); cached while gradients are off and A_log unchanged."""
+        if torch.is_grad_enabled():
+            return -torch.exp(self.A_log)
+        key = (self.A_log.data_ptr(), self.A_log._version)
+        if self._a_cache is None or self._a_cache[0] != key:
+            self._a_cache = (key, -torch.exp(self.A_log))
+        return self._a_cache[1]
 
     def step(self, x: torch.Tensor, conv: torch.Tensor, ssm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, d_model); conv (B, d_inner, d_conv-1) past inputs; ssm (B, d_inner, d_state)."""
@@ -48,7 +58,7 @@ class MambaBlock(nn.Module):
         dbc = self.x_proj(u)
         dt, b, c = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))  # (B, d_inner)
-        a = -torch.exp(self.A_log)  # (d_inner, d_state)
+        a = self._a()  # (d_inner, d_state)
         da = torch.exp(dt.unsqueeze(-1) * a)
         ssm = da * ssm + (dt * u).unsqueeze(-1) * b.unsqueeze(1)
         y = (ssm * c.unsqueeze(1)).sum(-1) + self.D * u

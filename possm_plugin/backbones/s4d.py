@@ -40,6 +40,7 @@ class S4DLayer(nn.Module):
         self.norm = nn.LayerNorm(h)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(h, 2 * h)
+        self._step_cache: tuple | None = None
 
     def _discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Abar (H, N2), C*Bbar (H, N2), both complex; and dt*A."""
@@ -79,9 +80,20 @@ class S4DLayer(nn.Module):
         y = y + u * self.D.unsqueeze(-1)
         return self._post(y.transpose(1, 2), x), s_final
 
+    def _discrete_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Abar and C*Bbar for stepping; cached while gradients are off and the weights unchanged."""
+        if torch.is_grad_enabled():
+            abar, cb, _ = self._discrete()
+            return abar, cb
+        key = tuple((p.data_ptr(), p._version) for p in (self.log_dt, self.log_A_real, self.A_imag, self.C))
+        if self._step_cache is None or self._step_cache[0] != key:
+            abar, cb, _ = self._discrete()
+            self._step_cache = (key, abar, cb)
+        return self._step_cache[1], self._step_cache[2]
+
     def step(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, H), s (B, H, N2) complex -> y (B, H), new s."""
-        abar, cb, _ = self._discrete()
+        abar, cb = self._discrete_step()
         u = self.norm(x)
         s = abar * s + u.unsqueeze(-1).to(s.dtype)
         y = 2.0 * (s * cb).sum(-1).real + u * self.D
