@@ -2,8 +2,8 @@
 
     python benchmarks/accuracy.py --quick             # tables (about 8 min on a clean 2-core machine)
     python benchmarks/accuracy.py --quick --json      # one JSON object on stdout, tables and progress on stderr
-    python benchmarks/accuracy.py --quick --report    # also docs/accuracy.md, docs/accuracy*.png
-    python benchmarks/accuracy.py                     # full mode: proper sizes (~15 CPU-hours; --device cuda)
+    python benchmarks/accuracy.py --quick --report    # also docs/accuracy.md and docs/accuracy.png
+    python benchmarks/accuracy.py                     # full mode: proper sizes (~15-20 CPU-hours; or --device cuda)
     python benchmarks/accuracy.py --from-json docs/accuracy.json --report   # re-render a saved run
     python benchmarks/accuracy.py --smoke --json      # every code path, 1 epoch, tiny sessions (tests)
 
@@ -29,13 +29,15 @@ Sections (the protocol; the docs/accuracy.md report repeats it):
    the last 20 %, stay fixed).
 3. ``classification`` (simulated handwriting, 10 characters: accuracy) and ``ctc`` (simulated
    phoneme sequences: token error rate, lower is better): POSSM against a binned-count GRU of the same
-   shape as ``baselines.GRUDecoder`` (defined here, since the baseline decodes regression only).
+   shape as ``baselines.GRUDecoder`` (in ``accuracy_lib.py``: the baseline decodes regression only).
 4. ``real``: the Chewie M1 centre-out session (``importers.binned.load_chewie``, counts turned into
    events at seeded uniform times inside each 100 ms bin), k disjoint 80/20 splits by trials. Wiener
    (3 lags), Kalman and the binned GRU see the original 100 ms bins; POSSM sees the events in 50 ms
    chunks and is scored at the bin ends, on exactly the samples the others are scored on. Also the
    simulator-pretrained model of section 2 adapted to the session by UI and FT.
 
+Code: this file (suites, jobs, scheduling, the JSON), ``accuracy_lib.py`` (sessions, training,
+scoring, the binned GRU for classification/CTC), ``accuracy_report.py`` (tables, markdown, figure).
 Jobs run in ``--jobs`` worker processes (default: 2 on a machine with 2+ cores), each with
 ``--threads`` torch threads (default 1): every job seeds itself, so results do not depend on the
 number of workers. Progress and timing go to stderr; CPU seconds of all jobs are reported, which is
@@ -46,8 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import functools
 import json
 import math
 import os
@@ -62,17 +62,38 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_NAME = "chewie_m1_center_out_2013-10-03_100ms.npz"
-DATA_CANDIDATES = (REPO.parent / "shared" / "data" / DATA_NAME, Path("/work/shared/data") / DATA_NAME)
+if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own modules, when imported from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy_lib as lib  # noqa: E402
+import accuracy_report as report  # noqa: E402
+from accuracy_lib import (  # noqa: E402
+    DATA_CANDIDATES,
+    DATA_NAME,
+    REPO,
+    VALID_FRACTION,
+    SeqGRU,
+    _log,
+    adapt_possm,
+    chewie,
+    find_real_data,
+    fit_baseline,
+    first_trials,
+    model_spec,
+    motor_session,
+    r2_baseline,
+    r2_possm,
+    real_split,
+    seq_session,
+    split_counts,
+    train_possm,
+)
 
 BASELINES = ("wiener", "kalman", "mlp", "gru_binned", "poyo")
 BACKBONES = ("gru", "s4d", "mamba")
 SS_MODELS = BASELINES + tuple(f"possm_{b}" for b in BACKBONES)
 TRANSFER_METHODS = ("ui", "ft", "scratch", "wiener")
 REAL_MODELS = ("wiener", "kalman", "gru_binned", "possm", "possm_ui", "possm_ft")
-TEST_FRACTION = 0.2
-VALID_FRACTION = 0.2  # of the training trials
 
 
 # =================================================================================================
@@ -168,352 +189,6 @@ SMOKE = Suite(
     tiny=True,
 )
 SUITES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
-
-TINY_MODEL = {"dim": 32, "dim_head": 32}
-TINY_BACKBONE = {"gru": {"hidden": 32, "layers": 1}, "s4d": {"hidden": 32, "layers": 1, "d_state": 8},
-                 "mamba": {"hidden": 32, "layers": 1, "d_state": 8}}
-
-
-def model_spec(suite: Suite, backbone: str = "gru", base: dict | None = None) -> dict:
-    spec = dict(base or {"preset": "small"})
-    spec["backbone"] = backbone
-    if suite.tiny:
-        spec.update(TINY_MODEL, backbone_kwargs=TINY_BACKBONE[backbone])
-    return spec
-
-
-# =================================================================================================
-# data
-# =================================================================================================
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@functools.lru_cache(maxsize=32)
-def motor_session(seed: int, subject: str, index: int, duration_s: float):
-    from possm_plugin.sim import simulate_motor_session
-
-    return simulate_motor_session(index, seed=seed, subject=subject, duration_s=duration_s)
-
-
-@functools.lru_cache(maxsize=4)
-def seq_session(task: str, seed: int, duration_s: float):
-    from possm_plugin.sim import simulate_handwriting_session, simulate_phoneme_session
-
-    if task == "classification":
-        return simulate_handwriting_session(0, seed=seed, subject="h0", duration_s=duration_s)
-    return simulate_phoneme_session(0, seed=seed, subject="p0", duration_s=duration_s)
-
-
-def split_counts(n_trials: int) -> tuple[int, int]:
-    """(training trials incl. validation, test trials): the last 20 % of trials are the test set."""
-    n_test = max(1, int(round(n_trials * TEST_FRACTION)))
-    return n_trials - n_test, n_test
-
-
-def first_trials(session, n: int):
-    """The session with only its first ``n`` trials listed (spikes and behaviour untouched, so a
-    model decodes it continuously; training never samples outside the listed trials)."""
-    return dataclasses.replace(
-        session, trials=session.trials[:n], trial_labels=session.trial_labels[:n],
-        label_offsets=session.label_offsets[: n + 1],
-    )
-
-
-def cut_trials(session, trials: np.ndarray):
-    """A session made of the given trials only, laid back to back from 0 s in their order (spikes,
-    behaviour samples in ``(start, end]`` and phases shifted; same session and unit ids)."""
-    from possm_plugin.session import Session
-
-    times, units, tt, tg, ph, tr = [], [], [], [], [], []
-    clock = 0.0
-    for k in np.asarray(trials, dtype=np.int64):
-        a, b = session.trials[k]
-        lo, hi = np.searchsorted(session.spike_times, [a, b], side="left")
-        times.append(session.spike_times[lo:hi] - a + clock)
-        units.append(session.spike_units[lo:hi])
-        sel = (session.target_times > a) & (session.target_times <= b)
-        tt.append(session.target_times[sel] - a + clock)
-        tg.append(session.targets[sel])
-        ph.append(session.phase[sel])
-        tr.append((clock, clock + (b - a)))
-        clock += b - a
-    return Session(
-        session_id=session.session_id, spike_times=np.concatenate(times), spike_units=np.concatenate(units),
-        unit_ids=list(session.unit_ids), target_times=np.concatenate(tt), targets=np.concatenate(tg),
-        trials=np.asarray(tr), subject=session.subject, task=session.task, target_names=list(session.target_names),
-        phase=np.concatenate(ph), target_scale=session.target_scale, meta=dict(session.meta),
-    )
-
-
-def find_real_data(explicit: str | None = None) -> Path | None:
-    for p in ([Path(explicit)] if explicit else list(DATA_CANDIDATES)):
-        if p.is_dir():
-            p = p / DATA_NAME
-        if p.is_file():
-            return p
-    return None
-
-
-@functools.lru_cache(maxsize=2)
-def chewie(path: str):
-    from possm_plugin.importers.binned import load_chewie
-
-    return load_chewie(path, placement="uniform", seed=0)
-
-
-def real_split(path: str, split: int):
-    """(train session, test session) of split ``split`` of the Chewie session: the 5 disjoint test
-    folds of the shuffled trials (seed 0), each 20 %; a suite uses the first ``real_splits``."""
-    from possm_plugin.binning import kfold_trials
-
-    s = chewie(path)
-    fold = kfold_trials(len(s.trials), 5, seed=0)[split]
-    return cut_trials(s, fold["train"]), cut_trials(s, fold["test"])
-
-
-# =================================================================================================
-# scoring
-# =================================================================================================
-def possm_predict(model, session, n_chunks: int | None = None) -> np.ndarray:
-    """POSSM outputs (physical units) for chunks 0..n-1 of the session's grid, decoded as one stream
-    from a fresh state at 0 s."""
-    from possm_plugin.data import prepare_sessions
-    from possm_plugin.evaluate import predict_span
-
-    ps = prepare_sessions(model, [session], valid_fraction=0.0)[0]
-    step = model.config.chunk_step
-    if n_chunks is None:
-        n_chunks = int(np.floor((session.duration - model.config.chunk_width) / step + 1e-9)) + 1
-    model.eval()
-    device = next(model.parameters()).device
-    return predict_span(model, ps, 0, n_chunks, device=device) * model.config.target_scale
-
-
-def eval_grid(session, trials: np.ndarray, width: float):
-    """Targets and chunk ends of the scored chunks: those of ``trials`` on the ``width`` grid."""
-    from possm_plugin.binning import bin_session
-
-    b = bin_session(session, width=width, step=width)
-    m = b.mask(trials)
-    return b.targets[m], b.ends[m]
-
-
-def r2_possm(model, session, trials: np.ndarray, *, grid: float = 0.05) -> float:
-    """R2 (mean over outputs) of POSSM on the chunks of ``trials`` of the ``grid`` bins: POSSM's
-    output at the chunk that ends where each scored bin ends."""
-    from possm_plugin.metrics import r2_mean
-
-    y, ends = eval_grid(session, trials, grid)
-    step = model.config.chunk_step
-    if model.config.chunk_width != step:
-        raise ValueError("r2_possm assumes chunks that tile time (chunk_width == chunk_step)")
-    idx = np.rint(ends / step).astype(np.int64) - 1  # chunk i ends at (i + 1) * step (width == step)
-    if np.abs((idx + 1) * step - ends).max() > 1e-6:
-        raise ValueError(f"scoring bins of {grid} s do not end on POSSM chunk ends ({step} s)")
-    pred = possm_predict(model, session, int(idx.max()) + 1)
-    return r2_mean(y, pred[idx])
-
-
-def r2_baseline(dec, session, trials: np.ndarray) -> float:
-    from possm_plugin.binning import TrialSubset
-    from possm_plugin.metrics import r2_mean
-
-    if dec.name == "poyo":  # a window decoder: predicting only the scored chunks is the same, and faster
-        part = dec._parts([TrialSubset(session, trials)])[0]
-        pred = dec._predict_part(part, only=part.mask) * dec.target_scale
-        return r2_mean(part.binned.targets[part.mask], pred)
-    return dec.r2_mean(TrialSubset(session, trials))
-
-
-# =================================================================================================
-# training
-# =================================================================================================
-def _seed_all(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-DEVICE = os.environ.get("POSSM_BENCH_DEVICE", "cpu")  # POSSM's device (set by --device, inherited by workers)
-
-
-def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_session: bool = False):
-    """``fit``'s config: the package's recipe (phase weights, schedule, clipping) with the suite's batch
-    and learning rate; unit dropout only in multi-session pretraining (on one session it slowed
-    convergence: -0.02 R2 at the quick budget on development seeds 100 and 101)."""
-    from possm_plugin.train import TrainConfig
-
-    cfg = TrainConfig(batch_size=suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
-                      valid_fraction=VALID_FRACTION, device=DEVICE)
-    return cfg if multi_session else dataclasses.replace(cfg, unit_dropout=suite.unit_dropout)
-
-
-def steps_per_epoch(model, sessions, cfg) -> int:
-    """Optimiser steps of one epoch of ``fit`` on ``sessions`` (the windows its sampler draws)."""
-    from possm_plugin.data import WindowSampler, prepare_sessions
-
-    prepared = prepare_sessions(model, sessions, valid_fraction=cfg.valid_fraction)
-    sampler = WindowSampler(prepared, readout=model.config.readout, window_chunks=cfg.window_chunks,
-                            n_units=model.n_units, seed=0)
-    return max(1, math.ceil(len(sampler) / cfg.batch_size))
-
-
-def epochs_for(suite: Suite, steps: int, per_epoch: int) -> int:
-    return int(min(suite.max_epochs, max(suite.min_epochs, math.ceil(steps / per_epoch))))
-
-
-def train_possm(suite: Suite, spec: dict, sessions, *, seed: int, steps: int, lr: float | None = None):
-    """A fresh POSSM fit on ``sessions`` (valid: the last 20 % of their listed trials)."""
-    from possm_plugin.train import build_model, fit
-
-    _seed_all(seed)
-    model = build_model(spec, sessions, seed=seed)
-    cfg = train_config(suite, seed=seed, lr=lr, multi_session=len(sessions) > 1)
-    cfg = dataclasses.replace(cfg, epochs=epochs_for(suite, steps, steps_per_epoch(model, sessions, cfg)))
-    res = fit(model, sessions, cfg=cfg)
-    info = {"epochs": cfg.epochs, "best_epoch": res["best_epoch"], "n_parameters": model.n_parameters()}
-    return model, info
-
-
-def adapt_possm(suite: Suite, checkpoint: str, sessions, *, mode: str, seed: int, steps: int):
-    """The pretrained model adapted to ``sessions`` by UI or FT (``finetune``)."""
-    from possm_plugin.checkpoint import load_checkpoint
-    from possm_plugin.finetune import add_sessions, finetune
-
-    _seed_all(seed)
-    model, _ = load_checkpoint(checkpoint)
-    cfg = train_config(suite, seed=seed)
-    probe, _ = load_checkpoint(checkpoint)  # count the windows on a copy that knows the new units
-    add_sessions(probe, sessions)
-    epochs = epochs_for(suite, steps, steps_per_epoch(probe, sessions, cfg))
-    if mode == "ft":
-        epochs = max(2, epochs)
-    res = finetune(model, sessions, mode=mode, epochs=epochs, ui_epochs=None if mode == "ui" else max(1, epochs // 2),
-                   lr=suite.ui_lr, ft_lr=suite.lr / 10, batch_size=suite.batch_size, seed=seed, train_config=cfg)
-    info = {"epochs": epochs, "trainable_fraction": res["trainable_fraction"], "trainable_parameters": res["trainable_parameters"]}
-    return model, info
-
-
-def fit_baseline(suite: Suite, name: str, train, valid, *, seed: int, width: float = 0.05):
-    from possm_plugin.baselines import make_baseline
-
-    _seed_all(seed)
-    if name == "wiener":
-        return make_baseline("wiener", n_lags=3 if width > 0.05 else 5, width=width, step=width).fit(train, valid)
-    if name == "kalman":
-        return make_baseline("kalman", width=width, step=width).fit(train, valid)
-    epochs = suite.baseline_epochs[name]
-    kw = {}
-    if suite.tiny and name == "poyo":
-        kw = {"dim": 32, "dim_head": 32, "depth": 1, "latents_per_step": 1}
-    key = "gru" if name == "gru_binned" else name
-    window = {"window_chunks": 10} if (key == "gru" and width > 0.05) else {}
-    return make_baseline(key, width=width, step=width, **kw, **window).fit(train, valid, epochs=epochs, seed=seed)
-
-
-# =================================================================================================
-# a binned GRU for classification and CTC (the regression baseline's shape, other readouts)
-# =================================================================================================
-def _trial_chunks(session, k: int, step: float, width: float, readout: str, window: int = 20) -> tuple[int, int]:
-    """Chunks [i0, i0 + n) of trial k as POSSM's data path takes them (``PreparedSession.chunk_range``):
-    the whole trial for CTC, its first ``window`` chunks for classification."""
-    ta, tb = session.trials[k]
-    i0 = int(np.ceil(ta / step - 1e-9))
-    i1 = max(i0, int(np.floor((tb - width) / step + 1e-9)) + 1)
-    n = i1 - i0 if readout == "ctc" else min(i1 - i0, window)
-    return i0, n
-
-
-class SeqGRU:
-    """GRU on z-scored binned counts -> per-chunk logits; classification reads the last chunk of the
-    trial's window, CTC the whole trial (blank = 0). Same layers as ``baselines.gru_binned.BinnedGRU``."""
-
-    def __init__(self, readout: str, n_classes: int, *, hidden: int = 128, dropout: float = 0.1, width: float = 0.05) -> None:
-        self.readout, self.n_classes, self.hidden, self.dropout, self.width = readout, n_classes, hidden, dropout, width
-
-    def _trials(self, session, trials):
-        from possm_plugin.binning import bin_session
-
-        b = bin_session(session, width=self.width, step=self.width)
-        first = int(round(b.starts[0] / self.width))
-        x = (b.counts - self.mu) / self.sd if hasattr(self, "mu") else b.counts
-        out = []
-        for k in trials:
-            i0, n = _trial_chunks(session, int(k), self.width, self.width, self.readout)
-            if n > 0:
-                out.append((x[i0 - first : i0 - first + n].astype(np.float32), int(k)))
-        return b, out
-
-    def fit(self, session, train_trials, valid_trials, *, epochs: int, seed: int, batch_size: int = 32, lr: float = 3e-3,
-            weight_decay: float = 1e-4):
-        import copy
-
-        import torch
-        from torch import nn
-
-        from possm_plugin.baselines.gru_binned import BinnedGRU
-
-        b, _ = self._trials(session, [])
-        self.mu = b.counts.mean(0)
-        self.sd = np.maximum(b.counts.std(0), 1e-3)
-        _, tr = self._trials(session, train_trials)
-        n_out = self.n_classes + (1 if self.readout == "ctc" else 0)
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        self.net = BinnedGRU(n_units=session.n_units, n_outputs=n_out, hidden=self.hidden, dropout=self.dropout)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
-        best, best_state = -math.inf, None
-        for _ in range(epochs):
-            self.net.train()
-            order = rng.permutation(len(tr))
-            for a in range(0, len(order), batch_size):
-                items = [tr[i] for i in order[a : a + batch_size]]
-                x = nn.utils.rnn.pad_sequence([torch.from_numpy(v) for v, _ in items], batch_first=True)
-                lens = torch.tensor([len(v) for v, _ in items])
-                out, _ = self.net(x)
-                if self.readout == "classification":
-                    logits = out[torch.arange(len(items)), lens - 1]
-                    y = torch.tensor([int(session.trial_labels[k]) for _, k in items])
-                    loss = nn.functional.cross_entropy(logits, y)
-                else:
-                    seqs = [session.trial_labels_seq(k) for _, k in items]
-                    tgt = torch.cat([torch.as_tensor(s, dtype=torch.long) + 1 for s in seqs])
-                    loss = nn.functional.ctc_loss(out.log_softmax(-1).transpose(0, 1), tgt, lens,
-                                                  torch.tensor([len(s) for s in seqs]), blank=0, zero_infinity=True)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-                opt.step()
-            score = self.score(session, valid_trials)
-            score = score if self.readout == "classification" else -score
-            if score > best:
-                best, best_state = score, copy.deepcopy(self.net.state_dict())
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        return self
-
-    def score(self, session, trials) -> float:
-        """Accuracy (classification) or token error rate (CTC) on ``trials``."""
-        import torch
-
-        from possm_plugin.metrics import ctc_greedy_decode, token_error_rate
-
-        _, items = self._trials(session, trials)
-        self.net.eval()
-        hits, refs, hyps = [], [], []
-        with torch.no_grad():
-            for x, k in items:
-                out, _ = self.net(torch.from_numpy(x)[None])
-                if self.readout == "classification":
-                    hits.append(int(out[0, -1].argmax()) == int(session.trial_labels[k]))
-                else:
-                    refs.append(session.trial_labels_seq(k))
-                    hyps.append(ctc_greedy_decode(out[0].numpy()))
-        if self.readout == "classification":
-            return float(np.mean(hits))
-        return float(token_error_rate(refs, hyps))
 
 
 # =================================================================================================
@@ -789,7 +464,9 @@ def summarize(suite: Suite, results: dict, real_path: Path | None) -> dict:
         out["real"] = {}
         out["real_meta"] = {"skipped": f"{DATA_NAME} not found in {[str(p.parent) for p in DATA_CANDIDATES]}"}
     # how far POSSM's training got: epochs run and the best validation epoch (0-based), per seed / split
-    ep = lambda r: [r["epochs"], r["best_epoch"]] if "best_epoch" in r else [r.get("epochs")]  # noqa: E731
+    def ep(r: dict) -> list:
+        return [r["epochs"], r["best_epoch"]]
+
     out["training_epochs"] = {
         "single_session": {m: [ep(results[("single", m, s)]) for s in suite.seeds] for m in SS_MODELS if m.startswith("possm_")},
         "sequence": {t: ep(results[("sequence", t, "possm")]) for t in ("classification", "ctc")},
@@ -831,208 +508,13 @@ def verdict(out: dict) -> dict:
     return v
 
 
-def tables(out: dict) -> str:
-    lines = []
-    ss = out["single_session"]
-    lines.append(f"single session: R2 on held-out trials (mean ± std over seeds {out['seeds']})")
-    for m in SS_MODELS:
-        d = ss[m]
-        lines.append(f"  {m:<14} {d['r2_mean']:7.3f} ± {d['r2_std']:.3f}   {' '.join(f'{x:6.3f}' for x in d['per_seed'])}")
-    fr = list(next(iter(out["transfer"].values())))
-    lines.append("")
-    lines.append(f"transfer: R2 on held-out sessions vs fraction of calibration trials ({out['transfer_meta']['pretrained']['model']})")
-    lines.append("  " + f"{'method':<10}" + "".join(f"{f:>9}" for f in fr))
-    for m, d in out["transfer"].items():
-        lines.append("  " + f"{m:<10}" + "".join(f"{d[f]:9.3f}" for f in fr))
-    for g, gd in out["transfer_by_group"].items():
-        lines.append(f"  [{g}]")
-        for m, d in gd.items():
-            lines.append("  " + f"  {m:<8}" + "".join(f"{d[f]:9.3f}" for f in fr))
-    lines.append("")
-    c, t = out["classification"], out["ctc"]
-    lines.append(f"classification accuracy: possm {c['possm']:.3f}  gru_binned {c['gru_binned']:.3f}")
-    lines.append(f"CTC token error rate:    possm {t['possm']:.3f}  gru_binned {t['gru_binned']:.3f}  (lower is better)")
-    lines.append("")
-    if out["real"]:
-        lines.append(f"real (Chewie M1): R2 on held-out trials, {out['real_meta']['splits']} splits")
-        for m, d in out["real"].items():
-            lines.append(f"  {m:<14} {d['r2_mean']:7.3f} ± {d['r2_std']:.3f}   {' '.join(f'{x:6.3f}' for x in d['per_seed'])}")
-    else:
-        lines.append(f"real: skipped ({out['real_meta']['skipped']})")
-    v = out["verdict"]
-    lines.append("")
-    lines.append(
-        f"POSSM beats every baseline (single-session mean): {'YES' if v['possm_beats_every_baseline'] else 'NO'} "
-        f"(best POSSM {v['best_possm']} {ss[v['best_possm']]['r2_mean']:.3f} vs best baseline {v['best_baseline']} "
-        f"{ss[v['best_baseline']]['r2_mean']:.3f}, margin {v['margin_best_possm_minus_best_baseline']:+.3f})"
-    )
-    f = v["ui_full_fraction"]
-    lines.append(
-        f"UI at fraction {f}: {out['transfer']['ui'][f]:.3f} vs scratch {out['transfer']['scratch'][f]:.3f} "
-        f"({v['ui_minus_scratch']:+.3f}) and FT {out['transfer']['ft'][f]:.3f} ({v['ui_minus_ft']:+.3f}); "
-        f"within 0.05 of full training: {'YES' if v['ui_within_0.05_of_full_training'] else 'NO'} "
-        f"(UI trains {100 * out['transfer_meta']['ui_trainable_fraction']:.2f} % of the parameters)"
-    )
-    if "meta" in out:
-        m = out["meta"]
-        lines.append(f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s in {m['jobs']} worker(s) x {m['threads']} thread(s); "
-                     f"load average {m['load_avg_start']} -> {m['load_avg_end']}")
-    return "\n".join(lines)
-
-
-# =================================================================================================
-# report
-# =================================================================================================
-DISCUSSION_START = "<!-- discussion:start (kept when the report is regenerated) -->"
-DISCUSSION_END = "<!-- discussion:end -->"
-
-
-def plot(out: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax = axes[0]
-    ss = out["single_session"]
-    names = list(ss)
-    means = [ss[m]["r2_mean"] for m in names]
-    stds = [ss[m]["r2_std"] for m in names]
-    colors = ["#1f77b4" if m.startswith("possm") else "#999999" for m in names]
-    ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
-    for i, m in enumerate(names):
-        ax.scatter([i] * len(ss[m]["per_seed"]), ss[m]["per_seed"], color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
-    ax.set_ylabel("R2 (held-out trials)")
-    ax.set_title(f"single session ({len(out['seeds'])} seeds)")
-    lo = min(0.0, min(means) - 0.05)
-    ax.set_ylim(lo, 1.0)
-    ax = axes[1]
-    style = {"ui": ("C0", "o-"), "ft": ("C1", "s-"), "scratch": ("C2", "^-"), "wiener": ("C7", "d--")}
-    for m, d in out["transfer"].items():
-        fr = [float(f) for f in d]
-        c, s = style.get(m, ("k", "o-"))
-        ax.plot(fr, list(d.values()), s, color=c, label=m, lw=2)
-        for g, gd in out["transfer_by_group"].items():
-            ax.plot(fr, list(gd[m].values()), s, color=c, alpha=0.3, lw=1)
-    ax.set_xscale("log")
-    ticks = [float(f) for f in next(iter(out["transfer"].values()))]
-    ax.set_xticks(ticks, [f"{f:g}" for f in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("fraction of calibration training trials")
-    ax.set_ylabel("R2 (held-out trials)")
-    ax.set_title("transfer (thin: per held-out group)")
-    ax.legend()
-    ax = axes[2]
-    if out["real"]:
-        r = out["real"]
-        names = list(r)
-        ax.bar(range(len(names)), [r[m]["r2_mean"] for m in names], yerr=[r[m]["r2_std"] for m in names],
-               color=["#1f77b4" if m.startswith("possm") else "#999999" for m in names], capsize=3)
-        for i, m in enumerate(names):
-            ax.scatter([i] * len(r[m]["per_seed"]), r[m]["per_seed"], color="k", s=8, zorder=3)
-        ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
-        ax.set_title(f"real: Chewie M1 ({out['real_meta']['splits']} splits)")
-        ax.set_ylim(min(0.0, min(r[m]["r2_mean"] for m in names) - 0.05), 1.0)
-    else:
-        ax.text(0.5, 0.5, "real data not found", ha="center")
-    fig.suptitle(f"possm-plugin accuracy benchmark ({out['suite']} mode)")
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def report_markdown(out: dict, png_name: str, old: str | None) -> str:
-    ss, v, meta = out["single_session"], out["verdict"], out["meta"]
-    fr = list(next(iter(out["transfer"].values())))
-    parts = [
-        "# Accuracy benchmark",
-        "",
-        f"Generated by `python benchmarks/accuracy.py {meta['argv']}` ({out['suite']} mode; "
-        f"{meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} s of CPU over {meta['jobs']} worker(s) x "
-        f"{meta['threads']} thread(s) on {meta['cpus']} cores, load average {meta['load_avg_start']} at the start and "
-        f"{meta['load_avg_end']} at the end; torch {meta['torch']}). The JSON of this run is "
-        f"[`accuracy.json`](accuracy.json). Protocol: the docstring of `benchmarks/accuracy.py` and the notes below.",
-        "",
-        f"![accuracy]({png_name})",
-        "",
-        "## Verdict",
-        "",
-        f"- POSSM beats every baseline on the single-session mean: **{'yes' if v['possm_beats_every_baseline'] else 'no'}** "
-        f"(best POSSM `{v['best_possm']}` {ss[v['best_possm']]['r2_mean']:.3f}, best baseline `{v['best_baseline']}` "
-        f"{ss[v['best_baseline']]['r2_mean']:.3f}; margin {v['margin_best_possm_minus_best_baseline']:+.3f}).",
-        f"- UI with all calibration trials (fraction {v['ui_full_fraction']}): {out['transfer']['ui'][v['ui_full_fraction']]:.3f} vs "
-        f"training from scratch {out['transfer']['scratch'][v['ui_full_fraction']]:.3f} ({v['ui_minus_scratch']:+.3f}) and FT "
-        f"{out['transfer']['ft'][v['ui_full_fraction']]:.3f} ({v['ui_minus_ft']:+.3f}); within 0.05 R2 of full training: "
-        f"**{'yes' if v['ui_within_0.05_of_full_training'] else 'no'}**, training "
-        f"{100 * out['transfer_meta']['ui_trainable_fraction']:.2f} % of the parameters.",
-        f"- Classification accuracy POSSM − GRU: {v['classification_possm_minus_gru']:+.3f}; CTC token error rate POSSM − GRU: "
-        f"{v['ctc_possm_minus_gru']:+.3f} (negative is better for POSSM).",
-    ]
-    if out["real"]:
-        parts.append(f"- Real data (Chewie): best `{v['real_best']}`; POSSM − Wiener {v['real_possm_minus_wiener']:+.3f}.")
-    parts += ["", "## Single session", "",
-              f"R2 (mean of vx, vy) on the held-out 20 % of trials, mean ± std over seeds {out['seeds']}.", ""]
-    parts.append(_md_table(["model", "R2 mean", "R2 std", "per seed"],
-                           [[f"`{m}`", f"{d['r2_mean']:.3f}", f"{d['r2_std']:.3f}", ", ".join(f"{x:.3f}" for x in d["per_seed"])]
-                            for m, d in ss.items()]))
-    tm = out["transfer_meta"]
-    parts += ["", "## Transfer: sample efficiency on held-out sessions", "",
-              f"Pretrained: {tm['pretrained']['model']}, {tm['pretrained']['n_parameters']:,} parameters, on "
-              f"{len(tm['pretrained']['sessions'])} sessions of m0 ({', '.join(map(str, tm['pretrained']['units']))} units), "
-              f"{tm['pretrained']['epochs']} epochs, validation R2 {tm['pretrained']['valid_r2']:.3f}. Held out: "
-              + ", ".join(f"`{h['session']}` ({h['group']})" for h in tm["heldout"]) + ". "
-              + f"{tm['scratch']}.", ""]
-    rows = [[f"`{m}`"] + [f"{d[f]:.3f}" for f in fr] for m, d in out["transfer"].items()]
-    parts.append(_md_table(["method (mean of all held-out sessions)"] + [f"fraction {f}" for f in fr], rows))
-    for g, gd in out["transfer_by_group"].items():
-        cal = tm["calibration"][g]
-        parts += ["", f"`{g}` (calibration trials / seconds per fraction: "
-                  + ", ".join(f"{f}: {c['trials']} / {c['seconds']} s" for f, c in cal.items()) + ")", ""]
-        parts.append(_md_table(["method"] + [f"fraction {f}" for f in fr], [[f"`{m}`"] + [f"{d[f]:.3f}" for f in fr] for m, d in gd.items()]))
-    parts += ["", "## Classification and CTC", "",
-              _md_table(["task", "POSSM", "binned GRU"], [
-                  ["handwriting (accuracy, higher is better)", f"{out['classification']['possm']:.3f}", f"{out['classification']['gru_binned']:.3f}"],
-                  ["phonemes (token error rate, lower is better)", f"{out['ctc']['possm']:.3f}", f"{out['ctc']['gru_binned']:.3f}"]])]
-    parts += ["", "## Real data: Chewie M1 centre-out", ""]
-    if out["real"]:
-        parts.append(f"R2 on held-out trials ({out['real_meta']['protocol']}; {out['real_meta']['splits']} splits).")
-        parts.append("")
-        parts.append(_md_table(["model", "R2 mean", "R2 std", "per split"],
-                               [[f"`{m}`", f"{d['r2_mean']:.3f}", f"{d['r2_std']:.3f}", ", ".join(f"{x:.3f}" for x in d["per_seed"])]
-                                for m, d in out["real"].items()]))
-    else:
-        parts.append(f"Skipped: {out['real_meta']['skipped']}.")
-    discussion = "_(no discussion yet: write it between the markers; it is kept when the report is regenerated)_"
-    if old and DISCUSSION_START in old and DISCUSSION_END in old:
-        discussion = old.split(DISCUSSION_START, 1)[1].split(DISCUSSION_END, 1)[0].strip("\n")
-    parts += ["", "## Discussion", "", DISCUSSION_START, discussion, DISCUSSION_END, ""]
-    return "\n".join(parts)
-
-
-def write_report(out: dict, md_path: Path) -> list[Path]:
-    png = md_path.with_suffix(".png")
-    plot(out, png)
-    old = md_path.read_text() if md_path.is_file() else None
-    md_path.write_text(report_markdown(out, png.name, old))
-    return [md_path, png]
-
-
 # =================================================================================================
 # CLI
 # =================================================================================================
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="the quick suite (about 10 min of CPU on 2 cores)")
+    mode.add_argument("--quick", action="store_true", help="the quick suite (about 8 min on a clean 2-core machine)")
     mode.add_argument("--smoke", action="store_true", help="every code path with 1 epoch on tiny sessions (for tests)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (tables go to stderr)")
     p.add_argument("--report", nargs="?", const=str(REPO / "docs" / "accuracy.md"), default=None, metavar="MD",
@@ -1040,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-json", default=None, metavar="PATH", help="also write the JSON to PATH")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="run nothing: print the tables (and with --report write the report) of a saved JSON")
-    p.add_argument("--data", default=None, help=f"the Chewie file or its folder (default: ../shared/data/{DATA_NAME})")
+    p.add_argument("--data", default=None, help=f"the Chewie file or its folder (None: ../shared/data/{DATA_NAME}, "
+                   "then /work/shared/data)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--device", default="cpu", help="device of the POSSM jobs (e.g. cuda; baselines stay on the CPU)")
@@ -1051,15 +534,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.from_json:
         out = json.loads(Path(args.from_json).read_text())
-        print(tables(out), file=sys.stderr if args.json else sys.stdout, flush=True)
+        print(report.tables(out), file=sys.stderr if args.json else sys.stdout, flush=True)
         if args.report:
-            for p in write_report(out, Path(args.report)):
+            for p in report.write_report(out, Path(args.report)):
                 _log(f"wrote {p}")
         if args.json:
             print(json.dumps(out), flush=True)
         return 0
-    global DEVICE
-    DEVICE = os.environ["POSSM_BENCH_DEVICE"] = args.device  # workers (spawned) read it from the environment
+    lib.DEVICE = os.environ["POSSM_BENCH_DEVICE"] = args.device  # spawned workers read it from the environment
     suite = SMOKE if args.smoke else QUICK if args.quick else FULL
     real_path = find_real_data(args.data)
     if real_path is None:
@@ -1086,10 +568,10 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "job_seconds": timing["jobs"],
     }
-    text = tables(out)
+    text = report.tables(out)
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.report:
-        for p in write_report(out, Path(args.report)):
+        for p in report.write_report(out, Path(args.report)):
             _log(f"wrote {p}")
     if args.save_json:
         Path(args.save_json).write_text(json.dumps(out, indent=1) + "\n")
