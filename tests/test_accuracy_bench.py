@@ -88,7 +88,7 @@ def test_smoke_report_and_discussion_kept(smoke, tmp_path):
     # a hand-written discussion survives regenerating the report
     md2 = tmp_path / "r.md"
     md2.write_text(text.replace("_(no discussion yet", "Hand-written words. _(no discussion yet"))
-    bench.write_report(out, md2)
+    bench.report.write_report(out, md2)
     assert "Hand-written words." in md2.read_text()
     assert (tmp_path / "r.png").is_file()
 
@@ -99,16 +99,16 @@ def test_cut_trials_and_first_trials_keep_ids_and_behaviour():
     from possm_plugin.sim import simulate_motor_session
 
     s = simulate_motor_session(0, seed=3, duration_s=20.0)
-    cut = bench.cut_trials(s, np.array([2, 0]))
+    cut = bench.lib.cut_trials(s, np.array([2, 0]))
     assert cut.session_id == s.session_id and cut.unit_ids == s.unit_ids
     d2, d0 = np.diff(s.trials[2]), np.diff(s.trials[0])
     np.testing.assert_allclose(cut.trials, [[0.0, d2[0]], [d2[0], d2[0] + d0[0]]])
     a, b = s.trials[2]
     n_spikes = np.sum((s.spike_times >= a) & (s.spike_times < b)) + np.sum((s.spike_times >= s.trials[0, 0]) & (s.spike_times < s.trials[0, 1]))
     assert len(cut.spike_times) == n_spikes
-    head = bench.first_trials(s, 3)
+    head = bench.lib.first_trials(s, 3)
     assert len(head.trials) == 3 and len(head.spike_times) == len(s.spike_times)
     # POSSM chunks and baseline bins are scored on the same chunk ends
-    y, ends = bench.eval_grid(s, np.arange(3, 5), 0.05)
+    y, ends = bench.lib.eval_grid(s, np.arange(3, 5), 0.05)
     b = bin_session(s)
     assert len(y) == int(b.mask(np.arange(3, 5)).sum()) and np.all(np.diff(ends) > 0)
