@@ -47,14 +47,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .data import PreparedSession, WindowSampler, prepare_sessions
-from .errors import CheckpointError, ConfigError, PossmError
+from .errors import ConfigError, PossmError
 from .evaluate import evaluate_prepared, loss_fn
 from .model import POSSM
 from .optim import flat_cosine
 from .session import Session, load_sessions
-from .train import TrainConfig, _load_optim, _save_optim, build_model, load_train_config, make_optimizer, primary_metric
+from .train import TrainConfig, _load_optim, _save_optim, load_train_config, make_optimizer, model_for_run, primary_metric
 
 __all__ = [
     "DistContext",
@@ -307,16 +307,10 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
     rank, world = ctx.rank, ctx.world_size
     sessions: list[Session] = load_sessions(cfg.data)
     out_dir = Path(cfg.out)
-    start_epoch, optim_state = 0, None
-    if resume is not None:
-        rdir = Path(resume)
-        model, doc = load_checkpoint(rdir / "last.yaml" if rdir.is_dir() else rdir)
-        start_epoch = int(doc.get("meta", {}).get("epoch", -1)) + 1
-        optim_state = (rdir if rdir.is_dir() else rdir.parent) / "last.optim.safetensors"
-        if not optim_state.is_file():
-            raise CheckpointError(f"cannot resume: {str(optim_state)!r} is missing (every rank must be able to read the run directory)")
-    else:
-        model = build_model(cfg.model, sessions, seed=cfg.seed)  # the same seed on every rank
+    # a fresh model is built with the same seed on every rank
+    model, start_epoch, optim_state = model_for_run(
+        cfg, sessions, resume, hint=" (every rank must be able to read the run directory)"
+    )
     torch.manual_seed(rank_seed(cfg.seed, rank, start_epoch))  # dropout differs between ranks
     model.to(ctx.device).train()
 

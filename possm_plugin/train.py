@@ -28,7 +28,7 @@ from .model import POSSM
 from .optim import Lamb, flat_cosine
 from .session import Session, load_sessions
 
-__all__ = ["TrainConfig", "load_train_config", "build_model", "make_optimizer", "train", "fit", "primary_metric"]
+__all__ = ["TrainConfig", "load_train_config", "build_model", "model_for_run", "make_optimizer", "train", "fit", "primary_metric"]
 
 log = logging.getLogger("possm_plugin.train")
 
@@ -337,6 +337,22 @@ def fit(
     return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history}
 
 
+def model_for_run(
+    cfg: TrainConfig, sessions: list[Session], resume: str | Path | None, *, hint: str = ""
+) -> tuple[POSSM, int, Path | None]:
+    """A fresh model for ``sessions``, or the last checkpoint of the run directory ``resume``;
+    returns ``(model, first epoch to run, optimizer state file or None)``."""
+    if resume is None:
+        return build_model(cfg.model, sessions, seed=cfg.seed), 0, None
+    rdir = Path(resume)
+    model, doc = load_checkpoint(rdir / "last.yaml" if rdir.is_dir() else rdir)
+    start_epoch = int(doc.get("meta", {}).get("epoch", -1)) + 1
+    optim_state = (rdir if rdir.is_dir() else rdir.parent) / "last.optim.safetensors"
+    if not optim_state.is_file():
+        raise CheckpointError(f"cannot resume: {str(optim_state)!r} is missing{hint}")
+    return model, start_epoch, optim_state
+
+
 def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
     """Train a model from scratch (or resume a run directory) as ``cfg`` says."""
     if cfg.data is None:
@@ -345,17 +361,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
     np.random.seed(cfg.seed)
     sessions = load_sessions(cfg.data)
     out_dir = Path(cfg.out)
-    start_epoch, optim_state = 0, None
-    if resume is not None:
-        rdir = Path(resume)
-        model, doc = load_checkpoint(rdir / "last.yaml" if rdir.is_dir() else rdir)
-        start_epoch = int(doc.get("meta", {}).get("epoch", -1)) + 1
-        optim_state = (rdir if rdir.is_dir() else rdir.parent) / "last.optim.safetensors"
-        if not optim_state.is_file():
-            raise CheckpointError(f"cannot resume: {str(optim_state)!r} is missing")
-        model.train()
-    else:
-        model = build_model(cfg.model, sessions, seed=cfg.seed)
+    model, start_epoch, optim_state = model_for_run(cfg, sessions, resume)
+    model.train()
     log.info("model: %s backbone, %d parameters, %d sessions, %d units", model.config.backbone, model.n_parameters(), len(sessions), model.n_units)
     result = fit(model, sessions, cfg=cfg, out_dir=out_dir, start_epoch=start_epoch, optim_state=optim_state)
     result["n_parameters"] = model.n_parameters()
