@@ -218,7 +218,9 @@ def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path,
     except subprocess.TimeoutExpired:
         _kill_tree(proc)
         pytest.fail("2-rank pretraining did not finish in 55 s")
-    assert proc.returncode == 0, stderr[-3000:]
+    # the failing child's traceback sits before torchrun's own report: show both
+    failed = [ln for ln in stderr.splitlines() if "Error" in ln or "Traceback" in ln or "rank" in ln]
+    assert proc.returncode == 0, "\n".join(failed[-60:]) + "\n---\n" + stderr[-3000:]
     assert time.monotonic() - t0 < 60
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, stdout  # only rank 0 reports
