@@ -178,6 +178,8 @@ def distributed_context(device: str = "cpu", *, timeout_s: float = 1800.0) -> It
     ctx = init_distributed(device, timeout_s=timeout_s)
     try:
         yield ctx
+        if ctx.owns_group and dist.is_initialized():
+            dist.barrier()  # no rank tears gloo down while a peer still has collectives in flight
     finally:
         shutdown_distributed(ctx)
 
