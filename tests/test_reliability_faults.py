@@ -476,6 +476,7 @@ def test_brand_node_keeps_decoding_when_its_log_disk_is_full(redis_server, tiny_
         for k in range(0, 10, 2):  # malformed entries: logged warnings, all failing to write
             nt.node.parser._warn._last.clear()
             c.xadd("cr", {"crossings": b"\x01\x02\x03"})
-        assert wait_for(lambda: c.xlen("out") >= 10, 20)
+        # the malformed entries follow the 500 good ones: wait until the node has read them as well
+        assert wait_for(lambda: c.xlen("out") >= 10 and nt.node.parser.malformed["wrong_length"] >= 5, 20)
     assert c.xlen("out") == 10 and nt.node.parser.malformed["wrong_length"] == 5 and len(ids) == 500
     report("brand node log on a full disk", outputs=c.xlen("out"), malformed_counted=5)
