@@ -307,14 +307,13 @@ class BrandNode:
 
     def setup(self, params: NodeParameters | None = None) -> None:
         """Load the checkpoint and check everything against it (raises ConfigError/CheckpointError)."""
-        import torch
-
         from possm_plugin.checkpoint import load_checkpoint
+        from possm_plugin.runtime import set_cpu_threads
         from possm_plugin.streaming import StreamingDecoder
 
         p = params or self.params or self.load_parameters()
         self.params = p
-        torch.set_num_threads(p.threads)  # one stream decodes fastest on one thread
+        set_cpu_threads(p.threads)  # torch and BLAS: one stream decodes fastest on one thread
         model, doc = load_checkpoint(p.checkpoint)
         self.model = model
         sessions = model.session_vocab.ids

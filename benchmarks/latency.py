@@ -7,17 +7,20 @@
 
 1. ``chunk_compute_ms``: for each backbone (gru, s4d, mamba) and size (small, opossm via
    ``possm_plugin.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
-   one StreamingDecoder step (batch 1, 50 ms chunks): the model call as the decoder times it
-   (tensors to the device, the step - ``FastStep`` unless ``--reference`` - outputs back), p50 and
-   p99 over the timed chunks.
-   ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk (tokenization included).
+   one StreamingDecoder step (batch 1, 50 ms chunks): the model call as the decoder times it (the
+   step and its outputs back), p50 and p99 over the timed chunks. ``--engines`` (default
+   ``numpy,torch``) times each engine on the same model and spikes in the same run: the first is
+   the headline (``numpy``: :class:`~possm_plugin.fast_numpy.NumpyStep`, the decoder's CPU default),
+   the others get a column and a ratio (``torch``: :class:`~possm_plugin.fast.FastStep`;
+   ``reference``: ``model.step``). ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk
+   (tokenization included).
 2. ``lsl_end_to_end_ms``: a sender process pushes 96 units x 20 Hz Poisson spikes over LSL in real
    time (every 1 ms) and logs when each push went out; ``possm-lsl`` (small GRU, random weights) decodes
    them in a second process; this process receives the predictions. Latency = the push of the last
    spike of a chunk -> its prediction received here. It includes waiting for the first spike of the
    next chunk, which tells the node the chunk is complete.
 
-Weights are random (latency does not depend on them). CPU threads: ``--threads`` (default 1). The
+Weights are random (latency does not depend on them). CPU threads of torch and BLAS: ``--threads`` (default 1). The
 machine's load average is printed: other work on the same cores shows in the p99.
 """
 
@@ -64,78 +67,84 @@ def pct(x) -> dict:
     return {"p50": round(float(np.percentile(x, 50)), 4), "p99": round(float(np.percentile(x, 99)), 4), "n": int(len(x))}
 
 
-def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warmup: int, device: str = "cpu", fast: bool = True) -> dict:
+ENGINES = ("numpy", "torch", "reference")
+ENGINE_LABEL = {"numpy": "NumpyStep", "torch": "FastStep (torch)", "reference": "model.step"}
+
+
+def _decoder(model, engine: str, device: str):
     from possm_plugin.streaming import StreamingDecoder
 
+    if engine == "reference":
+        return StreamingDecoder(model, device=device, fast=False)
+    return StreamingDecoder(model, device=device, engine=engine)
+
+
+def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warmup: int, device: str = "cpu",
+                  engines: tuple[str, ...] = ("numpy",)) -> dict:
+    """Per-chunk compute of each engine on the same model and spikes; the first engine is the headline."""
     model = make_model(size, backbone, n_units)
-    dec = StreamingDecoder(model, device=device, fast=fast)
     ch, t = poisson(n_units, n_chunks + warmup)
     edges = np.searchsorted(t, np.arange(n_chunks + warmup + 1) * CHUNK)
-    total = []
-    for k in range(n_chunks + warmup):
-        a, b = edges[k], edges[k + 1]
-        s = time.perf_counter()
-        dec.push(ch[a:b], t[a:b])
-        dec.advance((k + 1) * CHUNK)
-        total.append((time.perf_counter() - s) * 1e3)
-    compute = dec.stats.compute_ms[warmup:]
-    return {**pct(compute), "decoder_ms": pct(total[warmup:]), "n_parameters": model.n_parameters()}
+    res: dict = {}
+    for engine in engines:
+        if engine == "numpy" and device != "cpu":
+            continue
+        dec = _decoder(model, engine, device)
+        total = []
+        for k in range(n_chunks + warmup):
+            a, b = edges[k], edges[k + 1]
+            s = time.perf_counter()
+            dec.push(ch[a:b], t[a:b])
+            dec.advance((k + 1) * CHUNK)
+            total.append((time.perf_counter() - s) * 1e3)
+        res[engine] = {**pct(dec.stats.compute_ms[warmup:]), "decoder_ms": pct(total[warmup:])}
+    head = res[next(iter(res))]
+    out = {**head, "engine": next(iter(res)), "n_parameters": model.n_parameters()}
+    if len(res) > 1:
+        out["engines"] = res
+    return out
 
 
 def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, n: int = 300) -> dict:
-    """Mean ms of each part of one decoder step, timed separately."""
+    """Mean ms of the parts of one decoder step (NumPy engine), and of the other engines' steps."""
     import torch
 
-    from possm_plugin.tokenize import tokenize
+    from possm_plugin.fast import FastStep
+    from possm_plugin.fast_numpy import NumpyStep
+    from possm_plugin.streaming import StreamingDecoder
+    from possm_plugin.tokenize import tokenize_one
 
     model = make_model(size, backbone, n_units)
     ch, t = poisson(n_units, n + 20)
     rows = ch + 1
     edges = np.searchsorted(t, np.arange(n + 21) * CHUNK)
-    state = model.initial_state(1)
-    sess = torch.ones(1, dtype=torch.long)
-    parts = {k: [] for k in ("tokenize", "to_tensors", "encode", "backbone_step", "decode", "outputs_to_numpy", "model.step (whole)",
-                             "FastStep.step (the decoder's path)")}
-    from possm_plugin.fast import FastStep
-
-    fast = FastStep.from_model(model)
-    fstate = model.initial_state(1)
-    k_ctx = model.config.context_chunks
+    parts = {k: [] for k in ("push", "advance (whole)", "tokenize_one", "NumpyStep.step", "FastStep.step (torch)", "model.step")}
+    dec = StreamingDecoder(model, t0=0.0)
+    eng, fast = NumpyStep.from_model(model), FastStep.from_model(model)
+    sess = np.ones(1, np.int64)
+    st_np = tuple(x.numpy() for x in model.initial_state(1))
+    st_fast, st_ref = model.initial_state(1), model.initial_state(1)
     with torch.inference_mode():
         for k in range(n + 20):
             a, b = edges[k], edges[k + 1]
             s0 = time.perf_counter()
-            c = tokenize(rows[a:b], t[a:b], starts=np.array([k * CHUNK]), width=CHUNK)
+            dec.push(ch[a:b], t[a:b])
             s1 = time.perf_counter()
-            units = torch.from_numpy(c.units)
-            times = torch.from_numpy(c.times)
-            mask = torch.from_numpy(c.mask)
+            dec.advance((k + 1) * CHUNK)
             s2 = time.perf_counter()
-            *bb, hist, seen = state
-            z = model.encode(units.unsqueeze(1), times.unsqueeze(1), mask.unsqueeze(1))[:, 0]
+            units, times, mask, _, _ = tokenize_one(rows[a:b], t[a:b], start=k * CHUNK, end=(k + 1) * CHUNK)
             s3 = time.perf_counter()
-            y, bb_new = model.backbone.step(z, tuple(bb))
+            _, st_np = eng.step(units, times, mask, sess, st_np)
             s4 = time.perf_counter()
-            ctx = torch.cat([hist, y.unsqueeze(1)], dim=1)
-            cm = (torch.arange(k_ctx) - (k_ctx - 1) + seen.unsqueeze(1)) >= 0
-            out = model.decode(ctx.unsqueeze(1), cm.unsqueeze(1), sess)[:, 0]
+            tu, tt, tm, ts = torch.from_numpy(units), torch.from_numpy(times), torch.from_numpy(mask), torch.from_numpy(sess)
             s5 = time.perf_counter()
-            out.float().cpu().numpy()
+            _, st_fast = fast.step(tu, tt, tm, ts, st_fast)
             s6 = time.perf_counter()
-            state = (*bb_new, ctx[:, 1:], seen + 1)
-            _, _ = model.step(units, times, mask, sess, state)
+            _, st_ref = model.step(tu, tt, tm, ts, st_ref)
             s7 = time.perf_counter()
             if k >= 20:
-                for key, dt in zip(parts, (s1 - s0, s2 - s1, s3 - s2, s4 - s3, s5 - s4, s6 - s5, s7 - s6)):
+                for key, dt in zip(parts, (s1 - s0, s2 - s1, s3 - s2, s4 - s3, s6 - s5, s7 - s6)):
                     parts[key].append(dt * 1e3)
-        for k in range(n + 20):  # the decoder's step, in a loop of its own
-            a, b = edges[k], edges[k + 1]
-            c = tokenize(rows[a:b], t[a:b], starts=np.array([k * CHUNK]), width=CHUNK)
-            units, times, mask = torch.from_numpy(c.units), torch.from_numpy(c.times), torch.from_numpy(c.mask)
-            s0 = time.perf_counter()
-            _, fstate = fast.step(units, times, mask, sess, fstate)
-            if k >= 20:
-                parts["FastStep.step (the decoder's path)"].append((time.perf_counter() - s0) * 1e3)
     return {k: round(float(np.mean(v)), 4) for k, v in parts.items()}
 
 
@@ -222,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
     p.add_argument("--profile", action="store_true", help="time the parts of one step (small GRU, 96 units)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
     p.add_argument("--device", default="cpu", help="device of the compute benchmark")
     p.add_argument("--no-lsl", action="store_true", help="skip the LSL end-to-end benchmark")
-    p.add_argument("--reference", action="store_true", help="time model.step instead of the decoder's FastStep")
+    p.add_argument("--engines", default="numpy,torch",
+                   help="comma list of steps to time, the first is the headline: numpy (the decoder's CPU default), torch (FastStep), "
+                        "reference (model.step)")
+    p.add_argument("--reference", action="store_true", help="headline model.step (same as --engines reference)")
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma list")
     p.add_argument("--sizes", default=",".join(SIZES), help="comma list")
     p.add_argument("--units", default=",".join(map(str, UNITS)), help="comma list")
@@ -239,18 +251,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    torch.set_num_threads(args.threads)
+    from possm_plugin.runtime import set_cpu_threads
+
+    engines = ("reference",) if args.reference else tuple(e for e in args.engines.split(",") if e)
+    if not engines or any(e not in ENGINES for e in engines):
+        p.error(f"--engines takes a comma list of {', '.join(ENGINES)}")
+    if args.device != "cpu" and engines[0] == "numpy":
+        engines = tuple(e for e in engines if e != "numpy") or ("torch",)
+    threads = set_cpu_threads(args.threads)
     n_chunks, warmup, lsl_s = (100, 20, 8.0) if args.quick else (600, 50, 30.0)
-    result: dict = {"device": args.device, "threads": args.threads, "torch": torch.__version__, "step": "model.step" if args.reference else "FastStep",
+    result: dict = {"device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
+                    "numpy": np.__version__, "step": ENGINE_LABEL[engines[0]], "engines": list(engines),
                     "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
     for size in args.sizes.split(","):
         for bb in args.backbones.split(","):
             for u in map(int, args.units.split(",")):
-                r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, fast=not args.reference)
+                r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, engines=engines)
                 result["chunk_compute_ms"][f"{bb}-{size}-{u}u"] = r
                 if not args.json:
-                    print(f"  {bb:6s} {size:7s} {u:5d} units: compute p50 {r['p50']:7.3f} ms  p99 {r['p99']:7.3f} ms   "
-                          f"push+advance p50 {r['decoder_ms']['p50']:7.3f} ms  ({r['n_parameters']:,} params)", file=sys.stderr)
+                    print(f"  {bb:6s} {size:7s} {u:5d} units: " + "  ".join(
+                        f"{e} p50 {v['p50']:.3f} p99 {v['p99']:.3f} ms" for e, v in r.get("engines", {r['engine']: r}).items()), file=sys.stderr)
     if args.profile:
         result["profile_small_gru_96u_ms"] = profile_step()
     if not args.no_lsl:
@@ -264,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(r: dict) -> str:
-    lines = [f"per-chunk compute ({r.get('step', 'FastStep')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']} "
-             f"(load average {r['load_average']})",
-             f"{'model':28s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s}"]
+    others = [e for e in r.get("engines", []) if e != r["engines"][0]] if r.get("engines") else []
+    lines = [f"per-chunk compute ({r.get('step', 'NumpyStep')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']}, "
+             f"numpy {r.get('numpy', '?')} (load average {r['load_average']} before, {r.get('load_average_after', '?')} after)",
+             f"{'model':22s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s}"
+             + "".join(f" {e + ' p50':>15s} {'ratio':>6s}" for e in others)]
     for key, v in r["chunk_compute_ms"].items():
-        lines.append(f"{key:28s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f}")
+        line = f"{key:22s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f}"
+        for e in others:
+            o = v.get("engines", {}).get(e)
+            line += f" {o['p50']:15.3f} {o['p50'] / v['p50']:5.1f}x" if o else f" {'-':>15s} {'':>6s}"
+        lines.append(line)
     if "lsl_end_to_end_ms" in r:
         e = r["lsl_end_to_end_ms"]
         lines.append(f"LSL end to end (last spike pushed -> prediction received, small GRU, 96 units x 20 Hz): "

@@ -40,7 +40,7 @@ from .checkpoint import load_checkpoint
 from .errors import ConfigError, UnknownUnitError
 from .io import Prediction
 from .model import POSSM
-from .tokenize import chunk_ends, tokenize
+from .tokenize import chunk_end, tokenize, tokenize_one
 
 __all__ = ["StreamingDecoder", "DecoderStats", "MAX_ABS_TIME"]
 
@@ -137,9 +137,12 @@ class StreamingDecoder:
         max_tokens: spikes kept per chunk (default: the model's ``max_tokens_per_chunk``).
         max_latency_samples: latency samples kept (a ring of the most recent).
         default_session: the session used when ``session`` is None (checkpoints name one).
-        fast: decode with :class:`~possm_plugin.fast.FastStep` (weights folded into tables; exact
-            same outputs as ``model.step`` up to float rounding). Call :meth:`refresh` after
-            changing the model's weights.
+        fast: decode with folded tables (exact same outputs as ``model.step`` up to float rounding);
+            False: with ``model.step`` itself. Call :meth:`refresh` after changing the model's weights.
+        engine: which step decodes (``fast=True`` only): ``"auto"`` (default: ``"numpy"`` on the CPU
+            for the built-in backbones, else ``"torch"``), ``"numpy"``
+            (:class:`~possm_plugin.fast_numpy.NumpyStep`: the fastest on a CPU) or ``"torch"``
+            (:class:`~possm_plugin.fast.FastStep`: any device, any backbone).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class StreamingDecoder:
         max_latency_samples: int = 100_000,
         default_session: str | None = None,
         fast: bool = True,
+        engine: str = "auto",
     ) -> None:
         if n_streams < 1:
             raise ConfigError(f"n_streams must be >= 1, got {n_streams}")
@@ -185,19 +189,39 @@ class StreamingDecoder:
         self._channel_rows = torch.as_tensor(model.unit_vocab.lookup(self.unit_ids))  # raises UnknownUnitError
         self._channel_rows_np = self._channel_rows.numpy()
         self._session = torch.full((n_streams,), session_row, dtype=torch.long, device=self.device)
+        self._session_np = np.full(n_streams, session_row, np.int64)
         self._t0 = t0
         self.streams = [_Stream(session_row) for _ in range(n_streams)]
         self.stats = DecoderStats()
         self._state = model.initial_state(n_streams, device=self.device)
         self._warned: dict[str, float] = {}
+        if engine not in ("auto", "numpy", "torch"):
+            raise ConfigError(f"engine must be 'auto', 'numpy' or 'torch', got {engine!r}")
         self.fast = fast
+        self._engine_choice = engine
         self.refresh()
 
     def refresh(self) -> None:
         """Rebuild the inference step from the model's current weights."""
         from .fast import FastStep
+        from .fast_numpy import NumpyStep, numpy_step_supported
 
-        self._stepper = FastStep.from_model(self.model) if self.fast else self.model
+        self.engine = "reference"
+        if not self.fast:
+            self._stepper = self.model
+            return
+        want = self._engine_choice
+        if want == "auto":
+            want = "numpy" if self.device.type == "cpu" and numpy_step_supported(self.model) else "torch"
+        if want == "numpy":
+            if self.device.type != "cpu":
+                raise ConfigError(f"engine='numpy' runs on the CPU only, not on {self.device}")
+            if not numpy_step_supported(self.model):
+                raise ConfigError(f"engine='numpy' has no step for backbone {self.model.config.backbone!r}; use engine='torch'")
+            self._stepper = NumpyStep.from_model(self.model)
+        else:
+            self._stepper = FastStep.from_model(self.model)
+        self.engine = want
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -456,36 +480,62 @@ class StreamingDecoder:
             st = self.streams[s]
             start = st.t0 + st.next_chunk * self.chunk_step
             nxt = st.t0 + (st.next_chunk + 1) * self.chunk_step  # the next chunk's start, as the grid computes it
-            end = float(chunk_ends(np.array([start]), self.chunk_width, nxt)[0])  # tiling chunks end at the next start
-            hi = np.searchsorted(st.times, end, side="left")
-            c = tokenize(st.rows[:hi], st.times[:hi], starts=np.array([start]), width=self.chunk_width, max_tokens=self.max_tokens,
-                         next_start=nxt)
-            if c.dropped:
+            end = chunk_end(start, self.chunk_width, nxt)  # tiling chunks end at the next start
+            c = tokenize_one(st.rows, st.times, start=start, end=end, max_tokens=self.max_tokens)
+            count, dropped = c[3], c[4]
+            if dropped:
                 self.stats.chunks_oversized += 1
-                self.stats.spikes_truncated += c.dropped
-                self._warn("oversize", "chunk with %d spikes truncated to %d", int(c.counts[0]) + c.dropped, self.max_tokens)
+                self.stats.spikes_truncated += dropped
+                self._warn("oversize", "chunk with %d spikes truncated to %d", count + dropped, self.max_tokens)
             lo = np.searchsorted(st.times, nxt, side="left")
             st.rows, st.times = st.rows[lo:], st.times[lo:]
             chunks.append(c)
-            spans.append((s, st.next_chunk, start, end, int(c.counts[0])))
+            spans.append((s, st.next_chunk, start, end, count))
             st.next_chunk += 1
         b = len(streams)
         if b == 1:
-            c = chunks[0]
-            units, rel, mask = torch.from_numpy(c.units), torch.from_numpy(c.times), torch.from_numpy(c.mask)
+            units, rel, mask = chunks[0][:3]
         else:
-            width = max(c.units.shape[1] for c in chunks)
-            units = torch.zeros(b, width, dtype=torch.long)
-            rel = torch.zeros(b, width)
-            mask = torch.zeros(b, width, dtype=torch.bool)
+            width = max(c[0].shape[1] for c in chunks)
+            units = np.zeros((b, width), np.int64)
+            rel = np.zeros((b, width), np.float32)
+            mask = np.zeros((b, width), bool)
             for i, c in enumerate(chunks):
-                w = c.units.shape[1]
-                units[i, :w] = torch.from_numpy(c.units[0])
-                rel[i, :w] = torch.from_numpy(c.times[0])
-                mask[i, :w] = torch.from_numpy(c.mask[0])
+                w = c[0].shape[1]
+                units[i, :w], rel[i, :w], mask[i, :w] = c[0][0], c[1][0], c[2][0]
         t_start = time.perf_counter()
-        idx = torch.as_tensor(streams, device=self.device)
         full = len(streams) == self.n_streams
+        if self.engine == "numpy":
+            values = self._decode_numpy(streams, full, units, rel, mask)
+        else:
+            values = self._decode_torch(streams, full, torch.from_numpy(units), torch.from_numpy(rel), torch.from_numpy(mask))
+        ms = (time.perf_counter() - t_start) * 1e3
+        self._record(self.stats.compute_ms, ms)
+        self.stats.chunks_decoded += b
+        preds = []
+        for i, (s, k, start, end, n_sp) in enumerate(spans):
+            self.stats.spikes_decoded += n_sp
+            preds.append(Prediction(values=values[i], t_start=start, t_end=end, chunk_index=k, stream=s, compute_ms=ms, n_spikes=n_sp))
+        return preds
+
+    def _decode_numpy(self, streams: list[int], full: bool, units: np.ndarray, rel: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One step of the NumPy engine; the state stays in torch tensors that share its memory."""
+        sess = self._session_np if full else self._session_np[streams]
+        state = tuple(x.numpy() for x in self._state)
+        if not full:
+            state = tuple(x[streams] for x in state)
+        out, new = self._stepper.step(units, rel, mask, sess, state)
+        if full:
+            self._state = tuple(torch.from_numpy(x) for x in new)
+        else:
+            for x, y in zip(self._state, new):
+                x.numpy()[streams] = y
+        if self.model.config.readout == "regression" and self.model.config.target_scale != 1.0:
+            out = out * np.float32(self.model.config.target_scale)
+        return out
+
+    def _decode_torch(self, streams: list[int], full: bool, units: torch.Tensor, rel: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        idx = torch.as_tensor(streams, device=self.device)
         with torch.inference_mode():
             state = self._state if full else tuple(x.index_select(0, idx) for x in self._state)
             out, new = self._stepper.step(
@@ -497,15 +547,7 @@ class StreamingDecoder:
             else:
                 for x, y in zip(self._state, new):
                     x.index_copy_(0, idx, y)
-            values = (out * self.model.config.target_scale if self.model.config.readout == "regression" else out).float().cpu().numpy()
-        ms = (time.perf_counter() - t_start) * 1e3
-        self._record(self.stats.compute_ms, ms)
-        self.stats.chunks_decoded += b
-        preds = []
-        for i, (s, k, start, end, n_sp) in enumerate(spans):
-            self.stats.spikes_decoded += n_sp
-            preds.append(Prediction(values=values[i], t_start=start, t_end=end, chunk_index=k, stream=s, compute_ms=ms, n_spikes=n_sp))
-        return preds
+            return (out * self.model.config.target_scale if self.model.config.readout == "regression" else out).float().cpu().numpy()
 
     def _record(self, xs: list[float], v: float) -> None:
         xs.append(v)

@@ -20,7 +20,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["Chunks", "chunk_starts", "chunk_ends", "tokenize", "collate", "n_chunks_between"]
+__all__ = ["Chunks", "chunk_starts", "chunk_end", "chunk_ends", "tokenize", "tokenize_one", "collate", "n_chunks_between"]
 
 
 @dataclass
@@ -123,6 +123,38 @@ def tokenize(
     mask[chunk_idx, pos] = True
     mask[counts == 0, 0] = True  # blank token: row 0 at time 0
     return Chunks(units=units, times=rel, mask=mask, starts=starts, counts=counts, dropped=dropped)
+
+
+def tokenize_one(
+    unit_rows: np.ndarray, times: np.ndarray, *, start: float, end: float, max_tokens: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Tokens of the single chunk ``[start, end)`` from spikes already sorted by time: the streaming
+    decoder's per-chunk path, equal to :func:`tokenize` with ``starts=[start]`` (tests check it) at a
+    fraction of its cost (two binary searches and two slices).
+
+    ``end`` is the chunk's end as :func:`chunk_ends` gives it. Returns ``(units (1, N) int64, times
+    (1, N) float32, mask (1, N) bool, count, dropped)``; an empty chunk gets the blank token.
+    """
+    lo = int(np.searchsorted(times, start, side="left"))
+    hi = int(np.searchsorted(times, end, side="left"))
+    count = max(hi - lo, 0)
+    dropped = 0
+    if max_tokens is not None and count > max_tokens:
+        dropped = count - max_tokens
+        count = max_tokens
+    if count == 0:
+        return np.zeros((1, 1), np.int64), np.zeros((1, 1), np.float32), np.ones((1, 1), bool), 0, dropped
+    units = np.asarray(unit_rows[lo : lo + count], dtype=np.int64).reshape(1, count)
+    rel = (times[lo : lo + count] - start).astype(np.float32).reshape(1, count)
+    return units, rel, np.ones((1, count), bool), count, dropped
+
+
+def chunk_end(start: float, width: float, next_start: float) -> float:
+    """:func:`chunk_ends` of one chunk, in scalar arithmetic (the same result, bit for bit)."""
+    end = float(start) + float(width)
+    if abs(float(next_start) - end) <= 8 * float(np.spacing(abs(end))):
+        return float(next_start)
+    return end
 
 
 def chunk_ends(starts: np.ndarray, width: float, next_start: float | None = None) -> np.ndarray:

@@ -62,3 +62,68 @@ def test_fast_step_is_rebuilt_after_weights_change():
     with torch.inference_mode():
         ref, _ = m.step(t["units"][:, 0], t["times"][:, 0], t["mask"][:, 0], s, m.initial_state(1))
     assert torch.equal(a, stale) and (fresh - ref).abs().max() <= 1e-5 and (fresh - a).abs().max() > 1e-4
+
+
+# -- the NumPy engine --------------------------------------------------------------------------------
+from possm_plugin.fast_numpy import NumpyStep, numpy_step_supported  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "backbone,extra",
+    [
+        ("gru", {}),
+        ("gru", {"backbone_kwargs": {"hidden": 24, "layers": 3}}),
+        ("s4d", {}),
+        ("s4d", {"context_chunks": 5, "chunk_step": 0.025}),
+        ("mamba", {}),
+        ("gru", {"num_latents": 2, "cross_heads": 2, "dim_head": 16}),
+        ("mamba", {"num_latents": 3, "cross_heads": 2, "dim_head": 16}),
+        ("s4d", {"readout": "classification", "output_dim": 5, "output_names": []}),
+        ("gru", {"readout": "ctc", "output_dim": 4, "output_names": []}),
+    ],
+)
+def test_numpy_step_equals_model_step(backbone, extra):
+    """Outputs and every state tensor of the NumPy engine follow model.step over 25 chunks, for three
+    streams with different sessions and silent chunks at different places."""
+    m = make_tiny_model(backbone, n_units=20, **extra)
+    m.extend_sessions(["other"])
+    eng = NumpyStep.from_model(m)
+    t = _tokens(25, 20)
+    sess = torch.tensor([1, 2, 1])
+    s1 = m.initial_state(3)
+    s2 = tuple(x.numpy().copy() for x in m.initial_state(3))
+    worst = 0.0
+    with torch.inference_mode():
+        for i in range(25):
+            a, s1 = m.step(t["units"][:, i], t["times"][:, i], t["mask"][:, i], sess, s1)
+            b, s2 = eng.step(t["units"][:, i].numpy(), t["times"][:, i].numpy(), t["mask"][:, i].numpy(), sess.numpy(), s2)
+            assert b.dtype == np.float32 and b.shape == tuple(a.shape)
+            worst = max(worst, float(np.abs(a.numpy() - b).max()))
+            for x, y in zip(s1, s2):
+                assert x.shape == y.shape
+                np.testing.assert_allclose(x.numpy(), y, rtol=1e-5, atol=1e-5)  # S4D states reach ~20: float32 rounding
+    assert worst <= 1e-5, worst
+    assert np.abs(b).max() > 1e-3  # not a trivially zero output
+
+
+def test_numpy_step_copies_weights_and_is_rebuilt():
+    m = make_tiny_model("mamba", n_units=8)
+    eng = NumpyStep.from_model(m)
+    t = _tokens(1, 8, batch=1)
+    args = (t["units"][:, 0].numpy(), t["times"][:, 0].numpy(), t["mask"][:, 0].numpy(), np.array([1]))
+    a, _ = eng.step(*args, tuple(x.numpy() for x in m.initial_state(1)))
+    with torch.no_grad():
+        m.unit_emb.weight.mul_(3.0)
+    stale, _ = eng.step(*args, tuple(x.numpy() for x in m.initial_state(1)))
+    fresh, _ = NumpyStep.from_model(m).step(*args, tuple(x.numpy() for x in m.initial_state(1)))
+    with torch.inference_mode():
+        ref, _ = m.step(t["units"][:, 0], t["times"][:, 0], t["mask"][:, 0], torch.tensor([1]), m.initial_state(1))
+    assert np.array_equal(a, stale) and np.abs(fresh - ref.numpy()).max() <= 1e-5 and np.abs(fresh - a).max() > 1e-4
+
+
+def test_numpy_step_refuses_a_backbone_it_does_not_implement():
+    m = make_tiny_model("gru", n_units=8)
+    m.backbone.__class__ = type("GRUSubclass", (type(m.backbone),), {})  # a subclass may change step(): not trusted
+    assert not numpy_step_supported(m)
+    with pytest.raises(TypeError, match="no NumPy step"):
+        NumpyStep.from_model(m)

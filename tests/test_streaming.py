@@ -218,6 +218,45 @@ def test_construction_errors():
     assert StreamingDecoder.check_units(model, ["sess0/u000", "x/y"]) == ["x/y"]
 
 
+# -- engines ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["gru", "s4d", "mamba"])
+def test_engines_agree_on_batched_streams_with_resets(backbone, rng):
+    """The NumPy engine (the CPU default), the torch FastStep and model.step itself decode the same
+    three streams identically: full and partial batches, a reset of one stream, oversized chunks."""
+    model = make_tiny_model(backbone)
+    decs = {e: StreamingDecoder(model, n_streams=3, max_tokens=40, **kw)
+            for e, kw in (("numpy", {"engine": "numpy"}), ("torch", {"engine": "torch"}), ("reference", {"fast": False}))}
+    assert {e: d.engine for e, d in decs.items()} == {"numpy": "numpy", "torch": "torch", "reference": "reference"}
+    assert StreamingDecoder(model).engine == "numpy"  # auto on the CPU
+    spikes = [poisson_spikes(rng, t_start=1.0, duration=1.5, rate=30.0 + 20 * s) for s in range(3)]
+    got = {e: [] for e in decs}
+    for j in range(1, 16):
+        wm = {s: 1.0 + 0.1 * j - (0.17 if s == 2 else 0.0) for s in range(3)}  # stream 2 lags: partial batches
+        for e, dec in decs.items():
+            for s, (ch, t) in enumerate(spikes):
+                sel = (t >= 1.0 + 0.1 * (j - 1) - (0.17 if s == 2 else 0.0)) & (t < wm[s])
+                dec.push(ch[sel], t[sel], stream=s)
+            if j == 8:
+                dec.reset(1)
+            got[e] += [(p.stream, p.chunk_index, p.values) for p in dec.advance_many(wm)]
+    n = len(got["reference"])
+    assert n >= 70 and [g[:2] for g in got["numpy"]] == [g[:2] for g in got["reference"]] == [g[:2] for g in got["torch"]]
+    ref = np.stack([g[2] for g in got["reference"]])
+    for e in ("numpy", "torch"):
+        np.testing.assert_allclose(np.stack([g[2] for g in got[e]]), ref, rtol=0, atol=1e-5)
+    assert decs["numpy"].stats.summary()["spikes_truncated"] == decs["reference"].stats.summary()["spikes_truncated"] > 0
+
+
+def test_engine_choice_errors():
+    model = make_tiny_model("gru")
+    with pytest.raises(ConfigError, match="engine must be"):
+        StreamingDecoder(model, engine="jit")
+    model.backbone.__class__ = type("GRUSubclass", (type(model.backbone),), {})  # a backbone without a NumPy step
+    assert StreamingDecoder(model).engine == "torch"
+    with pytest.raises(ConfigError, match="no step for backbone"):
+        StreamingDecoder(model, engine="numpy")
+
+
 # -- the runner -------------------------------------------------------------------------------------
 class ListSource(SpikeSource):
     """Replays a script: SpikeBatch items, an Exception to raise, or "lost" (a vanished source).

@@ -283,9 +283,20 @@ class POYODecoder(BinnedDecoder):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         seed: int = 0,
+        steps: int | None = None,
+        eval_every: int | None = None,
     ) -> None:
+        """``epochs`` counts passes over the training chunks as queries (each window answers
+        ``window_s / step`` of them), so one epoch is only a few optimiser steps on a short session;
+        ``steps`` (if given) sets the number of optimiser steps directly. ``eval_every``: steps between
+        validations (default: one epoch, at least 25 steps: a validation re-reads a 1 s window
+        per validation chunk and costs about ten training steps)."""
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+        if steps is not None and int(steps) < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps!r}")
+        if eval_every is not None and int(eval_every) < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {eval_every!r}")
         torch.manual_seed(seed)
         self.net = POYO(n_units=self.n_units, n_outputs=self.n_outputs, **self.model_kwargs)
         q_rel = self._window_queries()
@@ -333,9 +344,11 @@ class POYODecoder(BinnedDecoder):
                 yp = np.concatenate([self._predict_part(p, only=p.mask) for p in valid])
                 return float(r2_score(yt, yp).mean())
 
+        n_steps = int(steps) if steps is not None else epochs * steps_per_epoch
+        every = int(eval_every) if eval_every is not None else max(steps_per_epoch, 25)
         train_torch(
-            self.net, batches=batch, n_steps=epochs * steps_per_epoch, lr=lr, weight_decay=weight_decay,
-            evaluate=evaluate, eval_every=steps_per_epoch, history=self.history, seed=seed,
+            self.net, batches=batch, n_steps=n_steps, lr=lr, weight_decay=weight_decay,
+            evaluate=evaluate, eval_every=min(every, n_steps), history=self.history, seed=seed,
         )
 
     # -- predict --------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="checkpoint (.yaml/.safetensors/stem/directory); default: the bundled one")
     p.add_argument("--outlet", default="possm", help="name of the LSL outlet for the predictions")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (one stream decodes fastest on 1)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of torch and BLAS (one stream decodes fastest on 1)")
     p.add_argument("--session", default=None, help="map the stream's channels, in order, to this known session's units")
     p.add_argument("--chunk-width", type=float, default=None, help="chunk width in s (must match the checkpoint's)")
     p.add_argument("--chunk-step", type=float, default=None, help="chunk step in s (must match the checkpoint's)")
@@ -185,15 +185,15 @@ def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
 
 def run(args: argparse.Namespace) -> int:
     """The node, from parsed arguments (raises :class:`PossmError` for problems; ``main`` prints them)."""
-    import torch
-
     from ..checkpoint import load_checkpoint
     from ..runner import DecoderRunner
     from ..streaming import StreamingDecoder
 
+    from ..runtime import set_cpu_threads
+
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
-    torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)
     model, doc = load_checkpoint(args.checkpoint)
     cfg = model.config
     for flag, want, have in (("--chunk-width", args.chunk_width, cfg.chunk_width), ("--chunk-step", args.chunk_step, cfg.chunk_step)):
