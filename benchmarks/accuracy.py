@@ -114,7 +114,12 @@ class Suite:
     unit_dropout: float = 1.0  # single-session fits (incl. UI/FT); pretraining keeps the recipe's 0.6
     min_epochs: int = 3
     max_epochs: int = 80
-    baseline_epochs: dict = field(default_factory=lambda: {"mlp": 20, "gru_binned": 20, "poyo": 5})
+    baseline_epochs: dict = field(default_factory=lambda: {"mlp": 20, "gru_binned": 20})
+    phase_weights: dict | None = None  # POSSM's loss weights of (other, hold, reach) chunks; None: the recipe's
+    poyo_steps: int = 250  # POYO: optimiser steps of poyo_batch_size windows of 1 s
+    poyo_batch_size: int = 16
+    poyo_lr: float = 1e-3
+    poyo_evals: int = 5  # validations (best weights kept) over the run
     # transfer
     pretrain_model: dict = field(default_factory=lambda: {"preset": "small", "backbone": "gru"})
     pretrain_label: str = "small preset (D=64, GRU 256x1), multi-session"

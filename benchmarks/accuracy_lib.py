@@ -203,6 +203,8 @@ def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_sess
 
     cfg = TrainConfig(batch_size=suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
                       valid_fraction=VALID_FRACTION, device=DEVICE)
+    if getattr(suite, "phase_weights", None) is not None:
+        cfg = dataclasses.replace(cfg, phase_weights=dict(suite.phase_weights))
     return cfg if multi_session else dataclasses.replace(cfg, unit_dropout=suite.unit_dropout)
 
 

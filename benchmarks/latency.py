@@ -13,12 +13,18 @@
    the headline (``numpy``: :class:`~possm_plugin.fast_numpy.NumpyStep`, the decoder's CPU default),
    the others get a column and a ratio (``torch``: :class:`~possm_plugin.fast.FastStep`;
    ``reference``: ``model.step``). ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk
-   (tokenization included).
+   (tokenization included). Those chunks run back to back (caches warm); ``paced`` times the
+   headline engine again at the real cadence, one chunk every 50 ms with the CPU idle (or busy with
+   other work) in between, which is what a live decoder sees: on a shared virtual machine a step then
+   costs 2-4x more, because other work has evicted its code and data from the caches.
 2. ``lsl_end_to_end_ms``: a sender process pushes 96 units x 20 Hz Poisson spikes over LSL in real
-   time (every 1 ms) and logs when each push went out; ``possm-lsl`` (small GRU, random weights) decodes
-   them in a second process; this process receives the predictions. Latency = the push of the last
-   spike of a chunk -> its prediction received here. It includes waiting for the first spike of the
-   next chunk, which tells the node the chunk is complete.
+   time (1 ms ticks paced by deadlines, as a 1 kHz acquisition system) and logs when each push went
+   out; ``possm-lsl`` (small GRU, random weights) decodes them in a second process; this process
+   receives the predictions. Latency = the push of the last spike of a chunk -> its prediction
+   received here. It includes waiting for the first spike after the chunk's end, which is what tells
+   the node the chunk is complete (``wait_ms``: at 1920 spikes/s a 1 ms tick holds no spike 15 % of
+   the time); ``node_ms`` is the rest (that push -> prediction received). ``--rt-priority N`` repeats
+   it with the three processes under SCHED_FIFO (``lsl_end_to_end_rt_ms``).
 
 Weights are random (latency does not depend on them). CPU threads of torch and BLAS: ``--threads`` (default 1). The
 machine's load average is printed: other work on the same cores shows in the p99.
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +49,7 @@ SIZES = ("small", "opossm")
 UNITS = (96, 1024)
 RATE_HZ = 20.0
 CHUNK = 0.05
+TICK = 0.001  # the LSL sender's push period
 
 
 def make_model(size: str, backbone: str, n_units: int):
@@ -80,7 +88,7 @@ def _decoder(model, engine: str, device: str):
 
 
 def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warmup: int, device: str = "cpu",
-                  engines: tuple[str, ...] = ("numpy",)) -> dict:
+                  engines: tuple[str, ...] = ("numpy",), paced: int = 0) -> dict:
     """Per-chunk compute of each engine on the same model and spikes; the first engine is the headline."""
     model = make_model(size, backbone, n_units)
     ch, t = poisson(n_units, n_chunks + warmup)
@@ -100,6 +108,18 @@ def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warm
         res[engine] = {**pct(dec.stats.compute_ms[warmup:]), "decoder_ms": pct(total[warmup:])}
     head = res[next(iter(res))]
     out = {**head, "engine": next(iter(res)), "n_parameters": model.n_parameters()}
+    if paced:  # the headline engine at the real cadence: one chunk every 50 ms, the CPU idle in between
+        dec = _decoder(model, next(iter(res)), device)
+        n_p = paced + 10
+        ch, t = poisson(n_units, n_p, seed=2)
+        edges = np.searchsorted(t, np.arange(n_p + 1) * CHUNK)
+        nxt = time.perf_counter()
+        for k in range(n_p):
+            nxt += CHUNK
+            time.sleep(max(0.0, nxt - time.perf_counter()))
+            dec.push(ch[edges[k]:edges[k + 1]], t[edges[k]:edges[k + 1]])
+            dec.advance((k + 1) * CHUNK)
+        out["paced"] = pct(dec.stats.compute_ms[10:])
     if len(res) > 1:
         out["engines"] = res
     return out
@@ -150,7 +170,8 @@ def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, 
 
 # -- LSL end to end ---------------------------------------------------------------------------------
 def sender(name: str, duration: float, log_path: str, n_units: int) -> None:
-    """Push Poisson spikes in real time (1 ms ticks); save (first timestamp, push time) per push."""
+    """Push Poisson spikes in real time at 1 kHz (deadline-paced 1 ms ticks, as an acquisition system
+    sends its packets); save (first timestamp, push time, last timestamp) per push."""
     import pylsl
 
     info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", f"bench-{name}")
@@ -163,7 +184,7 @@ def sender(name: str, duration: float, log_path: str, n_units: int) -> None:
     time.sleep(1.0)  # let the node finish connecting
     t0 = pylsl.local_clock()
     t = t + t0
-    i, log = 0, []
+    i, k, log = 0, 0, []
     while i < len(t):
         now = pylsl.local_clock()
         j = int(np.searchsorted(t, now, side="right"))
@@ -171,13 +192,37 @@ def sender(name: str, duration: float, log_path: str, n_units: int) -> None:
             x = np.zeros((j - i, 2), np.int16)
             x[:, 0] = ch[i:j]
             outlet.push_chunk(x, t[i:j].tolist())
-            log.append((t[i], pylsl.local_clock()))
+            log.append((t[i], pylsl.local_clock(), t[j - 1]))
             i = j
-        time.sleep(0.001)
+        k = max(k + 1, int((now - t0) / TICK))  # the next 1 ms deadline (skipped ones are not made up)
+        time.sleep(max(0.0, t0 + k * TICK - pylsl.local_clock()))
     np.save(log_path, np.asarray(log))
 
 
-def bench_lsl(duration: float, *, threads: int, n_units: int = 96) -> dict:
+def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray) -> dict:
+    """Where the end-to-end time goes, per chunk: ``wait_ms``, from the push of the chunk's last spike
+    to the push that carries the first spike after the chunk's end (what tells the node the chunk is
+    complete: the source's cadence and the spikes' timing, not the decoder); ``node_ms``, from that
+    push to the prediction received (transport, decode, publish, transport)."""
+    first, pushed, last = push_log[:, 0], push_log[:, 1], push_log[:, 2]
+    i = np.searchsorted(first, t_end, side="left") - 1  # the push with the chunk's last spike
+    j = np.searchsorted(last, t_end, side="left")  # the first push reaching past the chunk's end
+    ok = (i >= 0) & (j < len(pushed))
+    return {"wait_ms": pct((pushed[j[ok]] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - pushed[j[ok]]) * 1e3)}
+
+
+def rt_prefix(priority: int | None) -> list[str]:
+    """``chrt -f N`` (SCHED_FIFO) when allowed, else nothing (and a note)."""
+    if not priority:
+        return []
+    chrt = shutil.which("chrt")
+    if chrt is None or subprocess.run([chrt, "-f", str(priority), "true"], capture_output=True).returncode != 0:
+        print(f"note: cannot use real-time priority {priority} here (chrt missing or not permitted); running without", file=sys.stderr)
+        return []
+    return [chrt, "-f", str(priority)]
+
+
+def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: int | None = None) -> dict:
     import pylsl
 
     from possm_plugin.checkpoint import save_checkpoint
@@ -191,10 +236,13 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96) -> dict:
     name, out = f"bench-spikes-{os.getpid()}", f"bench-possm-{os.getpid()}"
     log_path = tmp / "push_log.npy"
     procs = []
+    rt = rt_prefix(rt_priority)
+    if rt:  # this process receives: the same priority as the other two
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(rt_priority)))
     try:
-        procs.append(subprocess.Popen([sys.executable, __file__, "--role", "sender", "--name", name, "--duration", str(duration),
+        procs.append(subprocess.Popen([*rt, sys.executable, __file__, "--role", "sender", "--name", name, "--duration", str(duration),
                                        "--log", str(log_path), "--units", str(n_units)], env=env))
-        procs.append(subprocess.Popen([sys.executable, "-m", "possm_plugin.cli.lsl_node", "--inlet", name, "--outlet", out,
+        procs.append(subprocess.Popen([*rt, sys.executable, "-m", "possm_plugin.cli.lsl_node", "--inlet", name, "--outlet", out,
                                        "--checkpoint", str(ck), "--threads", str(threads), "--log-level", "ERROR",
                                        "--resolve-timeout", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         found = pylsl.resolve_byprop("name", out, 1, 90.0)
@@ -211,6 +259,8 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96) -> dict:
                 ts.extend(t.tolist())
                 recv.extend([now] * len(t))
     finally:
+        if rt:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -223,7 +273,9 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96) -> dict:
     keep = ts > push_log[0, 0] + 0.5  # skip the first half second (start-up)
     e2e = end_to_end_latency(ts[keep], recv[keep], push_log)
     e2e = e2e[np.isfinite(e2e)]
-    return pct(e2e)
+    tick = pct(np.diff(push_log[:, 1]) * 1e3)
+    return {**pct(e2e), **split_latency(ts[keep], recv[keep], push_log), "sender_push_interval_ms": tick,
+            "rt_priority": int(rt_priority) if rt else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
     p.add_argument("--device", default="cpu", help="device of the compute benchmark")
     p.add_argument("--no-lsl", action="store_true", help="skip the LSL end-to-end benchmark")
+    p.add_argument("--no-paced", action="store_true", help="skip the compute timed at the real cadence (one chunk per 50 ms)")
+    p.add_argument("--rt-priority", type=int, default=None, metavar="N",
+                   help="also run the LSL end to end with sender, node and receiver under SCHED_FIFO priority N (as real-time rigs run them)")
     p.add_argument("--engines", default="numpy,torch",
                    help="comma list of steps to time, the first is the headline: numpy (the decoder's CPU default), torch (FastStep), "
                         "reference (model.step)")
@@ -259,14 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and engines[0] == "numpy":
         engines = tuple(e for e in engines if e != "numpy") or ("torch",)
     threads = set_cpu_threads(args.threads)
-    n_chunks, warmup, lsl_s = (100, 20, 8.0) if args.quick else (600, 50, 30.0)
+    n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 60) if args.quick else (600, 50, 30.0, 200)
     result: dict = {"device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
                     "numpy": np.__version__, "step": ENGINE_LABEL[engines[0]], "engines": list(engines),
                     "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
     for size in args.sizes.split(","):
         for bb in args.backbones.split(","):
             for u in map(int, args.units.split(",")):
-                r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, engines=engines)
+                r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, engines=engines,
+                                  paced=0 if args.no_paced else n_paced)
                 result["chunk_compute_ms"][f"{bb}-{size}-{u}u"] = r
                 if not args.json:
                     print(f"  {bb:6s} {size:7s} {u:5d} units: " + "  ".join(
@@ -275,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         result["profile_small_gru_96u_ms"] = profile_step()
     if not args.no_lsl:
         result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads)
+        if args.rt_priority:
+            result["lsl_end_to_end_rt_ms"] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result))
@@ -287,10 +345,11 @@ def table(r: dict) -> str:
     others = [e for e in r.get("engines", []) if e != r["engines"][0]] if r.get("engines") else []
     lines = [f"per-chunk compute ({r.get('step', 'NumpyStep')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']}, "
              f"numpy {r.get('numpy', '?')} (load average {r['load_average']} before, {r.get('load_average_after', '?')} after)",
-             f"{'model':22s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s}"
+             f"{'model':22s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s} {'paced p50/p99':>14s}"
              + "".join(f" {e + ' p50':>15s} {'ratio':>6s}" for e in others)]
     for key, v in r["chunk_compute_ms"].items():
-        line = f"{key:22s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f}"
+        pc = f"{v['paced']['p50']:.3f}/{v['paced']['p99']:.3f}" if v.get("paced") else "-"
+        line = f"{key:22s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f} {pc:>14s}"
         for e in others:
             o = v.get("engines", {}).get(e)
             line += f" {o['p50']:15.3f} {o['p50'] / v['p50']:5.1f}x" if o else f" {'-':>15s} {'':>6s}"
@@ -298,7 +357,14 @@ def table(r: dict) -> str:
     if "lsl_end_to_end_ms" in r:
         e = r["lsl_end_to_end_ms"]
         lines.append(f"LSL end to end (last spike pushed -> prediction received, small GRU, 96 units x 20 Hz): "
-                     f"p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']})")
+                     f"p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']}); of which waiting for the push that "
+                     f"completes the chunk p50 {e['wait_ms']['p50']:.3f} / p99 {e['wait_ms']['p99']:.3f} ms, and that push -> "
+                     f"prediction received p50 {e['node_ms']['p50']:.3f} / p99 {e['node_ms']['p99']:.3f} ms "
+                     f"(sender pushes every {e['sender_push_interval_ms']['p50']:.2f} ms, p99 {e['sender_push_interval_ms']['p99']:.2f})")
+    if r.get("lsl_end_to_end_rt_ms"):
+        e = r["lsl_end_to_end_rt_ms"]
+        how = f"SCHED_FIFO {e['rt_priority']}" if e.get("rt_priority") else "real-time priority not permitted: normal"
+        lines.append(f"LSL end to end, the three processes at {how}: p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']})")
     if "profile_small_gru_96u_ms" in r:
         lines.append("where a step goes (small GRU, 96 units, mean ms): " + ", ".join(f"{k} {v:.3f}" for k, v in r["profile_small_gru_96u_ms"].items()))
     return "\n".join(lines)

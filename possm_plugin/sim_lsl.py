@@ -7,7 +7,7 @@ Two outlets:
   - ``events``: irregular rate, int16, one sample ``[channel, unit]`` per spike (the
     neural-data-simulator's ``SpikeEvents`` layout without waveform), stamped with the spike time;
     ``channel`` indexes the units listed in ``desc/channels/channel/label`` (the session's unit ids),
-    ``unit`` is 0. Spikes are pushed every ``tick`` seconds (1 ms), each as soon as its time has come.
+    ``unit`` is 0. Spikes are pushed every ``tick`` seconds (1 ms, paced by deadlines), each as soon as its time has come.
   - ``binned``: regular rate ``bin_rate`` Hz, int16, one channel per unit (labels = unit ids), one
     sample per bin with the bin's spike counts, stamped with the bin's *end* and pushed then.
 
@@ -164,6 +164,7 @@ class SimulatedLSLStream:
         cursor_v = 0
         cursor_b = 0
         loop = 0
+        tick_k = 0
         n_units = len(self.unit_ids)
         while not stop_event.is_set():
             now = pylsl.local_clock()
@@ -203,7 +204,10 @@ class SimulatedLSLStream:
                 loop += 1
                 cursor_s = cursor_v = cursor_b = 0
                 continue
-            time.sleep(self.tick)
+            # deadline-paced ticks (t0 + k * tick), as an acquisition system sends its packets: a plain
+            # sleep(tick) drifts by the loop's own time and the sleep's overshoot (1.3 ms "1 ms" ticks)
+            tick_k = max(tick_k + 1, int((now - t0) / self.tick))
+            time.sleep(max(0.0, t0 + tick_k * self.tick - pylsl.local_clock()))
         return {"spikes_pushed": self.spikes_pushed, "velocity_samples": self.samples_pushed, "loops": loop}
 
     def save_push_log(self, path: str | Path) -> Path:
