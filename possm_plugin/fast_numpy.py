@@ -249,10 +249,10 @@ class NumpyStep:
         self.heads, self.d, self.k, self.r, self.n_lat = f.heads, f.d, f.k, f.r, f.n_lat
         self.omega = _np(f.omega)
         st = _np(f.score_table)  # (V, L*H, 2F+1)
-        r = f.r
-        self.score_cos, self.score_sin = np.ascontiguousarray(st[..., :r]), np.ascontiguousarray(st[..., r : 2 * r])
-        self.score_c = np.ascontiguousarray(st[..., 2 * r])  # (V, L*H)
-        self.value_table = _np(f.value_table)  # (V, H, d)
+        vt = _np(f.value_table)  # (V, H, d)
+        n_rows = st.shape[0]
+        self.n_score = st.shape[1] * st.shape[2]
+        self.unit_table = np.ascontiguousarray(np.concatenate([st.reshape(n_rows, -1), vt.reshape(n_rows, -1)], axis=1))
         self.enc_out = (_np(f.enc_out_w.t()), _np(f.enc_out_b))
         self.latent = _np(f.latent)  # (L, D)
         self.enc_ffn = _PreNormFFN(f.enc_ffn)
@@ -283,19 +283,22 @@ class NumpyStep:
         """Input attention and its FFN: tokens (B, N) -> backbone input (B, L*D)."""
         bsz, n = units.shape
         h, d, r, nl = self.heads, self.d, self.r, self.n_lat
-        ang = times[..., None] * self.omega  # (B, N, F)
-        cos, sin = np.cos(ang), np.sin(ang)
-        # attention scores from the per-unit tables: sum_f cos A + sin B, + C
-        scores = np.einsum("bnkf,bnf->bnk", self.score_cos[units], cos)
-        scores += np.einsum("bnkf,bnf->bnk", self.score_sin[units], sin)
-        scores += self.score_c[units]  # (B, N, L*H)
+        g = self.unit_table[units]  # (B, N, L*H*(2F+1) + H*d): one gather for scores and values
+        feats = np.empty((bsz, n, 2 * r + 1), np.float32)  # [cos(w t), sin(w t), 1]
+        ang = np.multiply(times[..., None], self.omega)
+        cos = np.cos(ang, out=feats[..., :r])
+        sin = np.sin(ang, out=feats[..., r : 2 * r])
+        feats[..., 2 * r] = 1.0
+        # attention scores from the per-unit tables: sum_f A cos + B sin, + C
+        ns = self.n_score
+        scores = np.einsum("bnkf,bnf->bnk", g[..., :ns].reshape(bsz, n, nl * h, 2 * r + 1), feats)
         if not mask.all():
             scores[~mask] = -np.inf
         scores -= scores.max(1, keepdims=True)
         p = np.exp(scores)
         p /= p.sum(1, keepdims=True)  # softmax over the tokens
         # values rotated by their spike times, then weighted: (B, H, L, N) @ (B, H, N, d)
-        v = self.value_table[units]  # (B, N, H, d)
+        v = g[..., ns:].reshape(bsz, n, h, d)
         c4, s4 = cos[:, :, None, :], sin[:, :, None, :]
         v1, v2 = v[..., :r], v[..., r : 2 * r]
         vr = np.concatenate([v1 * c4 - v2 * s4, v1 * s4 + v2 * c4, v[..., 2 * r :]], axis=-1)
