@@ -118,6 +118,7 @@ class NodeParameters:
     output_maxlen: int | None = None
     device: str = "cpu"
     threads: int = 1
+    prewarm_ms: float = 1.5
     calibrate_seconds: float | None = None
     label_stream: str | None = None
     label_field: str = "samples"
@@ -150,6 +151,10 @@ class NodeParameters:
                     if isinstance(v, bool) or int(v) != float(v) or int(v) <= 0:
                         raise ValueError
                     v = int(v)
+                elif f.name == "prewarm_ms":
+                    v = float(v)
+                    if not 0 <= v < 50:
+                        raise ValueError
                 elif f.name in ("bin_size_ms", "calibrate_seconds", "timestamps_rate", "resume_max_seconds"):
                     v = float(v)
                     if not v > 0:
@@ -342,7 +347,8 @@ class BrandNode:
                 session = f"brand-{self.nickname}"
             else:
                 self.unit_ids, self.session = units, session
-                self.decoder = StreamingDecoder(model, session=session, unit_ids=units, device=p.device)
+                self.decoder = StreamingDecoder(model, session=session, unit_ids=units, device=p.device,
+                                                prewarm=p.prewarm_ms / 1e3 if p.prewarm_ms else None)
         if need_calibration:
             if not calibrate:
                 raise ConfigError(f"{why}; set calibrate_seconds and label_stream to calibrate online, or pick a known session")
@@ -616,7 +622,8 @@ class BrandNode:
             path = save_checkpoint(self.model, self.params.calibrated_checkpoint, default_session=self.session,
                                    meta={"calibration": {k: v for k, v in metrics.items() if k != "history"}})
             log.info("calibrated checkpoint written to %s", path)
-        self.decoder = StreamingDecoder(self.model, session=self.session, unit_ids=self.unit_ids, device=self.params.device)
+        self.decoder = StreamingDecoder(self.model, session=self.session, unit_ids=self.unit_ids, device=self.params.device,
+                                        prewarm=self.params.prewarm_ms / 1e3 if self.params.prewarm_ms else None)
         self._started = False
         self.calibration_metrics = {k: v for k, v in metrics.items() if k != "history"}
         self.calibration = None

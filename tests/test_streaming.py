@@ -247,6 +247,30 @@ def test_engines_agree_on_batched_streams_with_resets(backbone, rng):
     assert decs["numpy"].stats.summary()["spikes_truncated"] == decs["reference"].stats.summary()["spikes_truncated"] > 0
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_prewarm_changes_nothing_but_the_count(engine, rng):
+    """Throwaway steps before each chunk's end leave outputs, state and counters as they were, and
+    run once per chunk of each stream."""
+    model = make_tiny_model("mamba")
+    ch, t = poisson_spikes(rng, t_start=0.0, duration=1.0)
+    outs = {}
+    for pw in (None, 0.004):
+        dec = StreamingDecoder(model, engine=engine, prewarm=pw, t0=0.0)
+        preds = []
+        for wm in np.arange(1, 1001) * 0.001:  # 1 ms ticks, as a live source delivers
+            sel = (t >= wm - 0.001) & (t < wm)
+            dec.push(ch[sel], t[sel])
+            preds += dec.advance(float(wm))
+        outs[pw] = (np.stack([p.values for p in preds]), dec.stats.summary(), [x.clone() for x in dec._state])
+    (a, sa, st_a), (b, sb, st_b) = outs[None], outs[0.004]
+    assert len(a) == 20 and np.array_equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(st_a, st_b))
+    assert sa["prewarms"] == 0 and sb["prewarms"] == 20  # one per chunk
+    assert {k: v for k, v in sa.items() if k not in ("prewarms", "compute_ms")} == {k: v for k, v in sb.items() if k not in ("prewarms", "compute_ms")}
+    with pytest.raises(ConfigError, match="prewarm"):
+        StreamingDecoder(model, prewarm=0.05)
+
+
 def test_engine_choice_errors():
     model = make_tiny_model("gru")
     with pytest.raises(ConfigError, match="engine must be"):

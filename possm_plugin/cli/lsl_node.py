@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outlet", default="possm", help="name of the LSL outlet for the predictions")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of torch and BLAS (one stream decodes fastest on 1)")
+    p.add_argument("--prewarm", type=float, default=1.5, metavar="MS",
+                   help="run one throwaway step when the data reach this many ms before a chunk's end, so the real step finds "
+                        "its code and weights in the CPU caches (0: off)")
     p.add_argument("--session", default=None, help="map the stream's channels, in order, to this known session's units")
     p.add_argument("--chunk-width", type=float, default=None, help="chunk width in s (must match the checkpoint's)")
     p.add_argument("--chunk-step", type=float, default=None, help="chunk step in s (must match the checkpoint's)")
@@ -193,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
+    if not 0 <= args.prewarm < 1e3 * (args.chunk_step or 0.05):
+        raise ConfigError(f"--prewarm {args.prewarm} must be >= 0 ms and shorter than a chunk step")
     set_cpu_threads(args.threads)
     model, doc = load_checkpoint(args.checkpoint)
     cfg = model.config
@@ -231,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
                 model, source, labels=args.labels, seconds=args.calibrate, epochs=args.calibrate_epochs,
                 resolve_timeout=args.resolve_timeout, save_to=args.save_checkpoint,
             )
-        decoder = StreamingDecoder(model, session=session, unit_ids=unit_ids, device=args.device, default_session=doc.get("default_session"))
+        decoder = StreamingDecoder(model, session=session, unit_ids=unit_ids, device=args.device, default_session=doc.get("default_session"),
+                                   prewarm=args.prewarm / 1e3 if args.prewarm else None)
         sink_opts = parse_options(args.sink_opt, what="sink")
         if args.sink == "lsl":
             sink_opts.setdefault("name", args.outlet)
