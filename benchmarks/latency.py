@@ -14,9 +14,11 @@
    the others get a column and a ratio (``torch``: :class:`~possm_plugin.fast.FastStep`;
    ``reference``: ``model.step``). ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk
    (tokenization included). Those chunks run back to back (caches warm); ``paced`` times the
-   headline engine again at the real cadence, one chunk every 50 ms with the CPU idle (or busy with
-   other work) in between, which is what a live decoder sees: on a shared virtual machine a step then
-   costs 2-4x more, because other work has evicted its code and data from the caches.
+   headline engine again at the real cadence, spikes fed in 1 ms ticks and a chunk every 50 ms, the
+   CPU idle (or busy with other work) in between, which is what a live decoder sees: on a shared
+   virtual machine a step then costs 2-4x more, because other work has evicted its code and data
+   from the caches. ``paced_prewarm`` is the same with the nodes' default ``prewarm`` (a throwaway
+   step 1.5 ms before each chunk's end, see ``StreamingDecoder``).
 2. ``lsl_end_to_end_ms``: a sender process pushes 96 units x 20 Hz Poisson spikes over LSL in real
    time (1 ms ticks paced by deadlines, as a 1 kHz acquisition system) and logs when each push went
    out; ``possm-lsl`` (small GRU, random weights) decodes them in a second process; this process
@@ -50,6 +52,7 @@ UNITS = (96, 1024)
 RATE_HZ = 20.0
 CHUNK = 0.05
 TICK = 0.001  # the LSL sender's push period
+PREWARM = 0.0015  # possm-lsl's and possm-brand's default
 
 
 def make_model(size: str, backbone: str, n_units: int):
@@ -79,12 +82,12 @@ ENGINES = ("numpy", "torch", "reference")
 ENGINE_LABEL = {"numpy": "NumpyStep", "torch": "FastStep (torch)", "reference": "model.step"}
 
 
-def _decoder(model, engine: str, device: str):
+def _decoder(model, engine: str, device: str, prewarm: float | None = None):
     from possm_plugin.streaming import StreamingDecoder
 
     if engine == "reference":
-        return StreamingDecoder(model, device=device, fast=False)
-    return StreamingDecoder(model, device=device, engine=engine)
+        return StreamingDecoder(model, device=device, fast=False, prewarm=prewarm, t0=0.0)
+    return StreamingDecoder(model, device=device, engine=engine, prewarm=prewarm, t0=0.0)
 
 
 def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warmup: int, device: str = "cpu",
@@ -108,20 +111,23 @@ def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warm
         res[engine] = {**pct(dec.stats.compute_ms[warmup:]), "decoder_ms": pct(total[warmup:])}
     head = res[next(iter(res))]
     out = {**head, "engine": next(iter(res)), "n_parameters": model.n_parameters()}
-    if paced:  # the headline engine at the real cadence: one chunk every 50 ms, the CPU idle in between
-        dec = _decoder(model, next(iter(res)), device)
-        n_p = paced + 10
-        ch, t = poisson(n_units, n_p, seed=2)
-        edges = np.searchsorted(t, np.arange(n_p + 1) * CHUNK)
-        nxt = time.perf_counter()
-        for k in range(n_p):
-            nxt += CHUNK
-            time.sleep(max(0.0, nxt - time.perf_counter()))
-            dec.push(ch[edges[k]:edges[k + 1]], t[edges[k]:edges[k + 1]])
-            dec.advance((k + 1) * CHUNK)
-        out["paced"] = pct(dec.stats.compute_ms[10:])
     if len(res) > 1:
         out["engines"] = res
+    if paced:  # the headline engine at the real cadence, fed in 1 ms ticks like a live source
+        for key, pw in (("paced", None), ("paced_prewarm", PREWARM)):
+            dec = _decoder(model, next(iter(res)), device, prewarm=pw)
+            n_p = paced + 10
+            ch, t = poisson(n_units, n_p, seed=2)
+            ticks = np.arange(1, int(round(n_p * CHUNK / TICK)) + 1) * TICK
+            edges = np.searchsorted(t, ticks)
+            nxt, lo = time.perf_counter(), 0
+            for k, wm in enumerate(ticks):
+                nxt += TICK
+                time.sleep(max(0.0, nxt - time.perf_counter()))
+                dec.push(ch[lo:edges[k]], t[lo:edges[k]])
+                lo = edges[k]
+                dec.advance(float(wm))
+            out[key] = pct(dec.stats.compute_ms[10:])
     return out
 
 
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and engines[0] == "numpy":
         engines = tuple(e for e in engines if e != "numpy") or ("torch",)
     threads = set_cpu_threads(args.threads)
-    n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 60) if args.quick else (600, 50, 30.0, 200)
+    n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 40) if args.quick else (600, 50, 30.0, 100)
     result: dict = {"device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
                     "numpy": np.__version__, "step": ENGINE_LABEL[engines[0]], "engines": list(engines),
                     "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
@@ -345,11 +351,12 @@ def table(r: dict) -> str:
     others = [e for e in r.get("engines", []) if e != r["engines"][0]] if r.get("engines") else []
     lines = [f"per-chunk compute ({r.get('step', 'NumpyStep')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']}, "
              f"numpy {r.get('numpy', '?')} (load average {r['load_average']} before, {r.get('load_average_after', '?')} after)",
-             f"{'model':22s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s} {'paced p50/p99':>14s}"
+             f"{'model':22s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s} {'paced p50/p99':>14s} {'+prewarm':>12s}"
              + "".join(f" {e + ' p50':>15s} {'ratio':>6s}" for e in others)]
     for key, v in r["chunk_compute_ms"].items():
         pc = f"{v['paced']['p50']:.3f}/{v['paced']['p99']:.3f}" if v.get("paced") else "-"
-        line = f"{key:22s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f} {pc:>14s}"
+        pw = f"{v['paced_prewarm']['p50']:.3f}/{v['paced_prewarm']['p99']:.3f}" if v.get("paced_prewarm") else "-"
+        line = f"{key:22s} {v['n_parameters']:>10,d} {v['p50']:8.3f} {v['p99']:8.3f} {v['decoder_ms']['p50']:17.3f} {pc:>14s} {pw:>12s}"
         for e in others:
             o = v.get("engines", {}).get(e)
             line += f" {o['p50']:15.3f} {o['p50'] / v['p50']:5.1f}x" if o else f" {'-':>15s} {'':>6s}"
