@@ -195,15 +195,18 @@ def _seed_all(seed: int) -> None:
 DEVICE = os.environ.get("POSSM_BENCH_DEVICE", "cpu")  # POSSM's device (set by --device, inherited by workers)
 
 
-def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_session: bool = False):
-    """``fit``'s config: the package's recipe (phase weights, schedule, clipping) with the suite's batch
-    and learning rate; unit dropout only in multi-session pretraining (on one session it slowed
-    convergence: -0.02 R2 at the quick budget on development seeds 100 and 101)."""
+def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_session: bool = False,
+                 batch_size: int | None = None):
+    """``fit``'s config: the package's recipe (schedule, clipping, AdamW) with the suite's batch size,
+    learning rate and phase weights (``suite.phase_weights``: the benchmark scores R2 on every chunk of
+    the test trials, as the baselines are trained, so it weights all phases alike; the recipe's
+    reach x5 / hold x0.1 aims at reach-period R2); unit dropout only in multi-session pretraining (on
+    one session it slowed convergence: -0.02 R2 at the quick budget on development seeds 100 and 101)."""
     from possm_plugin.train import TrainConfig
 
-    cfg = TrainConfig(batch_size=suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
+    cfg = TrainConfig(batch_size=batch_size or suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
                       valid_fraction=VALID_FRACTION, device=DEVICE)
-    if getattr(suite, "phase_weights", None) is not None:
+    if suite.phase_weights is not None:
         cfg = dataclasses.replace(cfg, phase_weights=dict(suite.phase_weights))
     return cfg if multi_session else dataclasses.replace(cfg, unit_dropout=suite.unit_dropout)
 
@@ -222,13 +225,15 @@ def epochs_for(suite: Suite, steps: int, per_epoch: int) -> int:
     return int(min(suite.max_epochs, max(suite.min_epochs, math.ceil(steps / per_epoch))))
 
 
-def train_possm(suite: Suite, spec: dict, sessions, *, seed: int, steps: int, lr: float | None = None):
-    """A fresh POSSM fit on ``sessions`` (valid: the last 20 % of their listed trials)."""
+def train_possm(suite: Suite, spec: dict, sessions, *, seed: int, steps: int, lr: float | None = None,
+                batch_size: int | None = None):
+    """A fresh POSSM fit on ``sessions`` (valid: the last 20 % of their listed trials) for about
+    ``steps`` optimiser steps of ``batch_size`` (default ``suite.batch_size``) windows."""
     from possm_plugin.train import build_model, fit
 
     _seed_all(seed)
     model = build_model(spec, sessions, seed=seed)
-    cfg = train_config(suite, seed=seed, lr=lr, multi_session=len(sessions) > 1)
+    cfg = train_config(suite, seed=seed, lr=lr, multi_session=len(sessions) > 1, batch_size=batch_size)
     cfg = dataclasses.replace(cfg, epochs=epochs_for(suite, steps, steps_per_epoch(model, sessions, cfg)))
     res = fit(model, sessions, cfg=cfg)
     info = {"epochs": cfg.epochs, "best_epoch": res["best_epoch"], "n_parameters": model.n_parameters()}

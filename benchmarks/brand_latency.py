@@ -42,6 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmarks' shared helpers, when imported from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_util import rt_prefix  # noqa: E402
+
 ENTRIES_PER_CHUNK = 50
 
 
@@ -49,17 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rt_prefix(priority: int | None) -> list[str]:
-    """``chrt -f N`` (SCHED_FIFO, as BRAND's supervisor runs nodes with ``run_priority``) when allowed."""
-    if not priority:
-        return []
-    chrt = shutil.which("chrt")
-    if chrt is None or subprocess.run([chrt, "-f", str(priority), "true"], capture_output=True).returncode != 0:
-        print(f"note: cannot use real-time priority {priority} here (chrt missing or not permitted); running without", file=sys.stderr)
-        return []
-    return [chrt, "-f", str(priority)]
 
 
 def start_redis(port: int, workdir: Path, prefix: list[str], unixsocket: str | None) -> subprocess.Popen:
@@ -154,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         for key in ("thresh_cross", "possm_bench", "possm_state", "supergraph_stream"):
             r.delete(key)
         ckpt, n_ch, model_desc = make_checkpoint(args.model, args.channels, work)
-        params = {"input_stream": "thresh_cross", "n_channels": n_ch, "output_stream": "possm_bench", "device": args.device, "log": "WARNING"}
+        params = {"input_stream": "thresh_cross", "n_channels": n_ch, "output_stream": "possm_bench", "device": args.device, "log": "WARNING",
+                  "prewarm_ms": args.prewarm_ms}
         if ckpt:
             params["checkpoint"] = ckpt
         r.xadd("supergraph_stream", {"data": json.dumps({"graph_name": "bench", "nodes": {"possm": {"nickname": "possm", "parameters": params}}})})
@@ -171,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
             time.sleep(0.05)
         producer = subprocess.Popen([*rt, sys.executable, "-c", PRODUCER, str(port), str(n_ch), str(n_entries), str(args.rate), "0", sock or ""])
         procs.append(producer)
-        node_ms, recv_ms, compute = [], [], []
+        node_ms, recv_ms = [], []
         last = "0-0"
         deadline = time.monotonic() + n_entries * 1e-3 * 3 + 60
         while len(node_ms) < n_chunks and time.monotonic() < deadline:
@@ -235,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=96, help="channels of a generated model")
     ap.add_argument("--rate", type=float, default=20.0, help="mean crossing rate per channel, Hz")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prewarm-ms", type=float, default=1.5, help="the node's prewarm_ms parameter (0: off)")
     ap.add_argument("--port", type=int, default=None, help="use the redis-server already on this port")
     ap.add_argument("--rt-priority", type=int, default=None, metavar="N",
                     help="run redis-server, the node and the producer with SCHED_FIFO priority N (chrt -f N), as BRAND's "

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmarks' shared helpers, when imported from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_util import rt_prefix  # noqa: E402
 
 BACKBONES = ("gru", "s4d", "mamba")
 SIZES = ("small", "opossm")
@@ -215,17 +219,6 @@ def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray)
     j = np.searchsorted(last, t_end, side="left")  # the first push reaching past the chunk's end
     ok = (i >= 0) & (j < len(pushed))
     return {"wait_ms": pct((pushed[j[ok]] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - pushed[j[ok]]) * 1e3)}
-
-
-def rt_prefix(priority: int | None) -> list[str]:
-    """``chrt -f N`` (SCHED_FIFO) when allowed, else nothing (and a note)."""
-    if not priority:
-        return []
-    chrt = shutil.which("chrt")
-    if chrt is None or subprocess.run([chrt, "-f", str(priority), "true"], capture_output=True).returncode != 0:
-        print(f"note: cannot use real-time priority {priority} here (chrt missing or not permitted); running without", file=sys.stderr)
-        return []
-    return [chrt, "-f", str(priority)]
 
 
 def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: int | None = None) -> dict:
