@@ -127,3 +127,21 @@ def test_numpy_step_refuses_a_backbone_it_does_not_implement():
     assert not numpy_step_supported(m)
     with pytest.raises(TypeError, match="no NumPy step"):
         NumpyStep.from_model(m)
+
+
+def test_set_cpu_threads_sets_torch_and_blas_and_rejects_nonsense():
+    from threadpoolctl import threadpool_info
+
+    from possm_plugin.errors import ConfigError
+    from possm_plugin.runtime import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        got = set_cpu_threads(1)
+        assert got["torch"] == torch.get_num_threads() == 1 and got["blas"]
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ConfigError, match="CPU threads"):
+                set_cpu_threads(bad)
+    finally:
+        torch.set_num_threads(before)
