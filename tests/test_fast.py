@@ -130,12 +130,13 @@ def test_numpy_step_refuses_a_backbone_it_does_not_implement():
 
 
 def test_set_cpu_threads_sets_torch_and_blas_and_rejects_nonsense():
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from possm_plugin.errors import ConfigError
     from possm_plugin.runtime import set_cpu_threads
 
     before = torch.get_num_threads()
+    blas_before = max([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] or [1])
     try:
         got = set_cpu_threads(1)
         assert got["torch"] == torch.get_num_threads() == 1 and got["blas"]
@@ -145,3 +146,4 @@ def test_set_cpu_threads_sets_torch_and_blas_and_rejects_nonsense():
                 set_cpu_threads(bad)
     finally:
         torch.set_num_threads(before)
+        threadpool_limits(limits=blas_before, user_api="blas")
