@@ -6,6 +6,7 @@ report keeps a hand-written discussion between two markers when it is regenerate
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -159,6 +160,18 @@ def report_markdown(out: dict, png_name: str, old: str | None) -> str:
         parts.append(f"- Real data (Chewie): best `{v['real_best']}`; POSSM − Wiener {v['real_possm_minus_wiener']:+.3f}.")
     parts += ["", "## Single session", "",
               f"R2 (mean of vx, vy) on the held-out 20 % of trials, mean ± std over seeds {out['seeds']}.", ""]
+    bud = out.get("budget")
+    if bud:
+        parts += [f"Budgets ({bud['ss_duration_s']:g} s sessions): POSSM "
+                  + ", ".join(f"{b} {n}" for b, n in bud["possm_steps"].items())
+                  + f" optimiser steps of {bud['batch_size']} windows of 1 s (lr {bud['lr']:g}, flat then cosine; loss weights of "
+                  + ("the recipe" if not isinstance(bud["phase_weights"], dict) else
+                     "other/hold/reach chunks " + "/".join(f"{bud['phase_weights'].get(k, 1.0):g}" for k in ("other", "hold", "reach")))
+                  + f"); POYO {bud['poyo']['steps']} steps of {bud['poyo']['batch_size']} windows "
+                  f"(lr {bud['poyo']['lr']:g}); MLP and binned GRU "
+                  + ", ".join(f"{k} {v}" for k, v in bud["baseline_epochs"].items()) + " epochs; Wiener and Kalman closed form. "
+                  f"Classification: POSSM {bud['classification']['steps']} steps of {bud['classification']['batch_size']} trials, "
+                  f"CTC {bud['ctc']['steps']} steps of {bud['ctc']['batch_size']}; their binned GRU {bud['seq_gru_epochs']} epochs.", ""]
     parts.append(_md_table(["model", "R2 mean", "R2 std", "per seed"],
                            [[f"`{m}`", f"{d['r2_mean']:.3f}", f"{d['r2_std']:.3f}", ", ".join(f"{x:.3f}" for x in d["per_seed"])]
                             for m, d in ss.items()]))
@@ -197,8 +210,12 @@ def report_markdown(out: dict, png_name: str, old: str | None) -> str:
 
 
 def write_report(out: dict, md_path: Path) -> list[Path]:
+    """The markdown, the PNG beside it, and the run's JSON beside it (``accuracy.json`` for
+    ``docs/accuracy.md``: the file the report links to)."""
     png = md_path.with_suffix(".png")
     plot(out, png)
     old = md_path.read_text() if md_path.is_file() else None
     md_path.write_text(report_markdown(out, png.name, old))
-    return [md_path, png]
+    js = md_path.with_suffix(".json")
+    js.write_text(json.dumps(out, indent=1) + "\n")
+    return [md_path, png, js]

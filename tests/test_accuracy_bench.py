@@ -112,3 +112,75 @@ def test_cut_trials_and_first_trials_keep_ids_and_behaviour():
     y, ends = bench.lib.eval_grid(s, np.arange(3, 5), 0.05)
     b = bin_session(s)
     assert len(y) == int(b.mask(np.arange(3, 5)).sum()) and np.all(np.diff(ends) > 0)
+
+
+def _toy_ctc_session(n_trials: int = 120, n_classes: int = 4, seed: int = 0):
+    """A trivially decodable CTC session: each trial is 3 phonemes of 0.2 s (0.1 s gaps); phoneme c
+    makes unit c fire at 200 Hz, over 5 Hz background on all 2*n_classes units."""
+    from possm_plugin.session import Session
+
+    rng = np.random.default_rng(seed)
+    n_units = 2 * n_classes
+    times, units, trials, seqs = [], [], [], []
+    t = 0.2
+    for _ in range(n_trials):
+        seq = rng.integers(0, n_classes, size=3)
+        a = t
+        t += 0.2
+        for c in seq:
+            n = rng.poisson(200 * 0.2)
+            times.append(rng.uniform(t, t + 0.2, n))
+            units.append(np.full(n, c))
+            t += 0.3
+        t += 0.1
+        trials.append((a, t))
+        seqs.append(seq)
+        t += 0.3
+    n = rng.poisson(5 * t * n_units)
+    times.append(rng.uniform(0, t, n))
+    units.append(rng.integers(0, n_units, n))
+    st, su = np.concatenate(times), np.concatenate(units)
+    o = np.argsort(st, kind="stable")
+    tt = np.arange(0, t, 0.01)
+    return Session(session_id="toy-ctc", spike_times=st[o], spike_units=su[o].astype(np.int64),
+                   unit_ids=[f"toy-ctc/u{i}" for i in range(n_units)], target_times=tt,
+                   targets=np.zeros((len(tt), 0), np.float32), trials=np.asarray(trials), task="ctc",
+                   target_names=[], phase=np.zeros(len(tt), np.int8), label_seq=np.concatenate(seqs).astype(np.int64),
+                   label_offsets=np.arange(0, 3 * n_trials + 1, 3), n_classes=n_classes)
+
+
+def test_ctc_path_learns_a_decodable_toy_task():
+    """The quick benchmark once reported a CTC token error rate of exactly 1.000 for POSSM (blanks
+    only). The CTC path itself (readout with blank 0, labels + 1, log-softmax, input lengths, greedy
+    decoding) is right: POSSM and the benchmark's binned GRU both learn a trivially decodable toy
+    session in a few seconds; 1.000 was 60 optimiser steps, still on CTC's all-blank plateau."""
+    import torch
+
+    from possm_plugin.data import prepare_sessions
+    from possm_plugin.evaluate import evaluate_prepared
+    from possm_plugin.train import TrainConfig, build_model, fit
+
+    bench = _bench()
+    torch.set_num_threads(1)
+    s = _toy_ctc_session()
+    spec = {"preset": "small", "backbone": "gru", "dim": 32, "dim_head": 32, "ffn_dropout": 0.0,
+            "backbone_kwargs": {"hidden": 48, "layers": 1}}
+    m = build_model(spec, [s], seed=0)
+    assert m.readout.out_features == 5  # blank + 4 phonemes
+    res = fit(m, [s], cfg=TrainConfig(epochs=8, batch_size=16, lr=3e-3, unit_dropout=1.0, progress=False))
+    assert res["best"]["token_error_rate"] < 0.2, [h["valid"]["token_error_rate"] for h in res["history"]]
+    ps = prepare_sessions(m, [s], valid_fraction=0.0, test_fraction=0.2)
+    assert evaluate_prepared(m, ps, split="test")["token_error_rate"] < 0.25
+    gru = bench.lib.SeqGRU("ctc", s.n_classes, hidden=32).fit(s, np.arange(80), np.arange(80, 96), epochs=60, seed=0,
+                                                           batch_size=16)
+    assert gru.score(s, np.arange(96, 120)) < 0.25
+
+
+def test_quick_suite_gives_poyo_and_ctc_enough_steps():
+    """POYO (R2 ~0 after 30 steps) and POSSM's CTC (TER 1.000 after 60) were stopped before they left
+    their initial plateaus; the quick suite must train them past it."""
+    bench = _bench()
+    q = bench.QUICK
+    assert q.poyo_steps >= 150 and q.poyo_lr <= 2e-3
+    assert q.ctc_steps * q.ctc_batch_size >= 2000  # ~150-200 steps of 8 trials on the plateau
+    assert "poyo" not in q.baseline_epochs  # POYO is budgeted in steps, not in (tiny) epochs

@@ -212,3 +212,17 @@ def test_poyo_training_updates_every_part(sim):
     assert init.keys() == after.keys()
     unchanged = [k for k in init if torch.equal(init[k], after[k])]
     assert unchanged == [], unchanged  # gradients reach the unit embeddings, encoder, latents and readout
+
+
+def test_poyo_learns_a_small_session_when_given_enough_steps(sim):
+    """POYO sits near R2 0 for its first ~100 steps (its latents must learn to look at spikes near
+    their own times) and the accuracy benchmark once stopped it after 30 (5 'epochs' of ~6 steps of
+    16 windows): R2 -0.007. Given the steps, a small POYO fits this session well within seconds."""
+    s, train, valid, test = sim
+    torch.set_num_threads(1)
+    dec = POYODecoder(dim=64, dim_head=32, depth=1, latents_per_step=2)
+    dec.fit(train, valid, steps=200, eval_every=50, batch_size=16, lr=2e-3, seed=0)
+    assert [h["step"] for h in dec.history] == [50, 100, 150, 200]
+    assert dec.r2_mean(test) > 0.45, dec.history  # 0.61 when written (6 s)
+    with pytest.raises(ConfigError, match="steps"):
+        POYODecoder().fit(train, steps=0)

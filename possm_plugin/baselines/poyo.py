@@ -289,8 +289,8 @@ class POYODecoder(BinnedDecoder):
         """``epochs`` counts passes over the training chunks as queries (each window answers
         ``window_s / step`` of them), so one epoch is only a few optimiser steps on a short session;
         ``steps`` (if given) sets the number of optimiser steps directly. ``eval_every``: steps between
-        validations (default: one epoch, at least 25 steps: a validation re-reads a 1 s window
-        per validation chunk and costs about ten training steps)."""
+        validations (and ``history`` rows; default: one epoch). A validation re-reads a 1 s window per
+        validation chunk and costs about ten training steps: validate every few dozen steps at most."""
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
         if steps is not None and int(steps) < 1:
@@ -345,7 +345,7 @@ class POYODecoder(BinnedDecoder):
                 return float(r2_score(yt, yp).mean())
 
         n_steps = int(steps) if steps is not None else epochs * steps_per_epoch
-        every = int(eval_every) if eval_every is not None else max(steps_per_epoch, 25)
+        every = int(eval_every) if eval_every is not None else steps_per_epoch
         train_torch(
             self.net, batches=batch, n_steps=n_steps, lr=lr, weight_decay=weight_decay,
             evaluate=evaluate, eval_every=min(every, n_steps), history=self.history, seed=seed,
