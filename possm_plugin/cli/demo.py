@@ -31,7 +31,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_liblsl() -> None:
+    """liblsl's own log (config loaded, "transmission broke off" when the demo's streams close) is noise
+    in a demo: unless the user points LSLAPICFG at a config of their own, keep only its fatal errors
+    (for this process and the ones it starts). Must run before the first liblsl call."""
+    import atexit
+    import contextlib
+    import os
+    import tempfile
+
+    if os.environ.get("LSLAPICFG"):
+        return
+    fd, path = tempfile.mkstemp(prefix="possm-demo-lsl-", suffix=".cfg")
+    with os.fdopen(fd, "w") as f:
+        f.write("[log]\nlevel = -3\n")
+    os.environ["LSLAPICFG"] = path
+
+    def _remove() -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    atexit.register(_remove)
+
+
 def run(args: argparse.Namespace) -> int:
+    _quiet_liblsl()
     from ..demo import format_report, run_demo
 
     if not args.duration > 0:
