@@ -18,6 +18,8 @@ per chunk for the small model, and it keeps o-POSSM within its latency budget.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.special import erf
@@ -88,14 +90,23 @@ class _LayerNorm:
     """LayerNorm over the last axis. ``affine=False`` only standardises: its weight and bias are then
     folded into the linear map that follows (see :func:`_fold_ln`)."""
 
-    __slots__ = ("w", "b", "eps", "mean_vec", "affine")
+    __slots__ = ("w", "b", "eps", "mean_vec", "affine", "n_inv", "eps_f")
 
     def __init__(self, ln: torch.nn.LayerNorm, *, affine: bool = True) -> None:
         self.w, self.b, self.eps = _np(ln.weight), _np(ln.bias), np.float32(ln.eps)
         self.mean_vec = np.full(self.w.shape[-1], 1.0 / self.w.shape[-1], np.float32)  # means as dot products
         self.affine = affine
+        self.n_inv, self.eps_f = 1.0 / self.w.shape[-1], float(ln.eps)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 2 and x.shape[0] == 1:  # one row: scalar statistics (fewer array operations)
+            v = x[0]
+            xc = v - float(v @ self.mean_vec)
+            xc *= np.float32(1.0 / math.sqrt(float(xc @ xc) * self.n_inv + self.eps_f))
+            if self.affine:
+                xc *= self.w
+                xc += self.b
+            return xc[None]
         xc = x - (x @ self.mean_vec)[..., None]
         var = (xc * xc) @ self.mean_vec
         var += self.eps
