@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError, UnknownUnitError
+from .errors import ConfigError
 from .io import Prediction
 from .model import POSSM
 from .tokenize import chunk_end, tokenize, tokenize_one

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 
-import lsl_helpers  # noqa: F401  (pins LSL discovery to this machine through LSLAPICFG)
+import lsl_helpers  # noqa: F401  # pins LSL discovery to this machine through LSLAPICFG
 
 
 def test_demo_streams_decodes_and_reports(tmp_path):
