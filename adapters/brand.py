@@ -75,18 +75,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from possm_plugin.adapters.redis_stream import (
-    CLOCKS,
-    INPUT_DTYPES,
-    KINDS,
-    EntryParser,
-    ParsedEntry,
-    RedisConnection,
-    RedisOptions,
-    RedisUnavailable,
-    StreamReader,
-    StreamWriter,
-)
+from possm_plugin.adapters.redis_io import RedisConnection, RedisOptions, RedisUnavailable, StreamReader, StreamWriter
+from possm_plugin.adapters.redis_stream import CLOCKS, INPUT_DTYPES, KINDS, EntryParser, ParsedEntry
 from possm_plugin.errors import ConfigError, PossmError, StreamError
 
 __all__ = ["NodeParameters", "BrandNode", "read_node_parameters", "build_parser", "main"]
