@@ -194,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=None, help="seconds before the first memory reading (default: 25%% of the run, at most 30)")
     p.add_argument("--checkpoint", default=None, help="checkpoint to decode with (default: the bundled one, else a random small model)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    import torch
+    from possm_plugin.runtime import set_cpu_threads
 
-    torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)  # torch and BLAS
     duration = args.duration if args.duration is not None else (10.0 if args.quick else 60.0)
     settle = args.settle if args.settle is not None else min(30.0, 0.25 * duration)
     model, session, units, what = load_model(args.checkpoint, args.units)

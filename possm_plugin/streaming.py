@@ -42,13 +42,17 @@ from .io import Prediction
 from .model import POSSM
 from .tokenize import chunk_end, tokenize, tokenize_one
 
-__all__ = ["StreamingDecoder", "DecoderStats", "MAX_ABS_TIME"]
+__all__ = ["StreamingDecoder", "DecoderStats", "MAX_ABS_TIME", "NUMPY_MAX_STREAMS"]
 
 log = logging.getLogger("possm_plugin.streaming")
 
 #: event times and watermarks beyond +-this many seconds (~317 years) are invalid: chunk arithmetic on
 #: such magnitudes loses sub-millisecond precision (e.g. a unix time in ms taken for seconds)
 MAX_ABS_TIME = 1e10
+#: ``engine="auto"`` uses the NumPy step up to this many streams (small GRU, 102 units each: NumPy
+#: 0.20 / 0.50 / 1.04 / 1.61 ms at 1 / 8 / 16 / 24 streams against torch's 0.50 / 0.78 / 1.25 / 1.96;
+#: at 32 streams NumPy 3.7, torch 2.1)
+NUMPY_MAX_STREAMS = 16
 
 
 @dataclass
@@ -142,7 +146,8 @@ class StreamingDecoder:
         fast: decode with folded tables (exact same outputs as ``model.step`` up to float rounding);
             False: with ``model.step`` itself. Call :meth:`refresh` after changing the model's weights.
         engine: which step decodes (``fast=True`` only): ``"auto"`` (default: ``"numpy"`` on the CPU
-            for the built-in backbones, else ``"torch"``), ``"numpy"``
+            for the built-in backbones and up to ``NUMPY_MAX_STREAMS`` (16) streams, else ``"torch"``:
+            torch's batched kernels win from about 32 streams), ``"numpy"``
             (:class:`~possm_plugin.fast_numpy.NumpyStep`: the fastest on a CPU) or ``"torch"``
             (:class:`~possm_plugin.fast.FastStep`: any device, any backbone).
         prewarm: seconds (e.g. 0.002): once a stream's watermark is within this much of its next
@@ -225,7 +230,8 @@ class StreamingDecoder:
             return
         want = self._engine_choice
         if want == "auto":
-            want = "numpy" if self.device.type == "cpu" and numpy_step_supported(self.model) else "torch"
+            cpu_ok = self.device.type == "cpu" and numpy_step_supported(self.model)
+            want = "numpy" if cpu_ok and self.n_streams <= NUMPY_MAX_STREAMS else "torch"
         if want == "numpy":
             if self.device.type != "cpu":
                 raise ConfigError(f"engine='numpy' runs on the CPU only, not on {self.device}")

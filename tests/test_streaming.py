@@ -228,6 +228,7 @@ def test_engines_agree_on_batched_streams_with_resets(backbone, rng):
             for e, kw in (("numpy", {"engine": "numpy"}), ("torch", {"engine": "torch"}), ("reference", {"fast": False}))}
     assert {e: d.engine for e, d in decs.items()} == {"numpy": "numpy", "torch": "torch", "reference": "reference"}
     assert StreamingDecoder(model).engine == "numpy"  # auto on the CPU
+    assert StreamingDecoder(model, n_streams=32).engine == "torch"  # many streams: torch's batched kernels
     spikes = [poisson_spikes(rng, t_start=1.0, duration=1.5, rate=30.0 + 20 * s) for s in range(3)]
     got = {e: [] for e in decs}
     for j in range(1, 16):
