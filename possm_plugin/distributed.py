@@ -50,11 +50,21 @@ import torch.distributed as dist
 from .checkpoint import save_checkpoint
 from .data import PreparedSession, WindowSampler, prepare_sessions
 from .errors import ConfigError, PossmError
-from .evaluate import evaluate_prepared, loss_fn
+from .evaluate import evaluate_prepared
 from .model import POSSM
 from .optim import flat_cosine
 from .session import Session, load_sessions
-from .train import TrainConfig, _load_optim, _save_optim, load_train_config, make_optimizer, model_for_run, primary_metric
+from .train import (
+    TrainConfig,
+    _load_optim,
+    _save_optim,
+    best_so_far,
+    load_train_config,
+    make_optimizer,
+    model_for_run,
+    primary_metric,
+    run_epoch,
+)
 
 __all__ = [
     "DistContext",
@@ -357,13 +367,7 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
                    else {"broadcast_buffers": False})
         net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, **no_sync)
 
-    best = {"epoch": -1, "metric": -np.inf, "metrics": {}}
-    if start_epoch and (out_dir / "best.yaml").is_file():
-        import yaml
-
-        m = (yaml.safe_load((out_dir / "best.yaml").read_text()) or {}).get("meta", {})
-        if "valid" in m:
-            best = {"epoch": m.get("epoch", -1), "metric": primary_metric(m["valid"]), "metrics": m["valid"]}
+    best = best_so_far(out_dir, start_epoch)
     write = ctx.is_main and cfg.out is not None
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -380,21 +384,8 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
         for epoch in range(start_epoch, cfg.epochs):
             net.train()
             t0 = time.perf_counter()
-            losses = []
-            for idx in epoch_batches(sampler, cfg.batch_size, steps):
-                batch = sampler.batch(idx).to(ctx.device)
-                out, _ = net(batch.units, batch.times, batch.mask, batch.session)
-                loss = loss_fn(model, out, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # DDP averages the gradients over ranks here
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            losses = run_epoch(net, model, sampler, epoch_batches(sampler, cfg.batch_size, steps), device=ctx.device, opt=opt,
+                               sched=sched, params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch)
             rank_losses = [float(v) for v in _gather(ctx, float(np.mean(losses)))]
             mine = [cache[i] for i in owned]
             local = evaluate_prepared(model, mine, split="valid", device=ctx.device) if mine else {}

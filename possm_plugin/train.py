@@ -230,6 +230,41 @@ def make_optimizer(model: POSSM, params: list[torch.nn.Parameter], cfg: TrainCon
     return Lamb(groups, lr=cfg.lr) if cfg.optimizer == "lamb" else torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def best_so_far(out_dir: Path | None, start_epoch: int) -> dict:
+    """The best epoch so far: when resuming (``start_epoch > 0``), the one ``out_dir/best.yaml``
+    records; otherwise none yet."""
+    best = {"epoch": -1, "metric": -np.inf, "metrics": {}}
+    prev = None if out_dir is None else Path(out_dir) / "best.yaml"
+    if start_epoch and prev is not None and prev.is_file():
+        m = (yaml.safe_load(prev.read_text()) or {}).get("meta", {})
+        if "valid" in m:
+            best = {"epoch": m.get("epoch", -1), "metric": primary_metric(m["valid"]), "metrics": m["valid"]}
+    return best
+
+
+def run_epoch(net: torch.nn.Module, model: POSSM, sampler: WindowSampler, batches, *, device, opt: torch.optim.Optimizer,
+              sched, params: list[torch.nn.Parameter], grad_clip: float | None, bar=None, epoch: int = 0) -> list[float]:
+    """One optimiser step per batch of window indices in ``batches``; returns the step losses.
+    ``net`` is ``model`` itself or its DistributedDataParallel wrapper (which averages the gradients
+    over the ranks in ``backward``)."""
+    losses = []
+    for idx in batches:
+        batch = sampler.batch(idx).to(device)
+        out, _ = net(batch.units, batch.times, batch.mask, batch.session)
+        loss = loss_fn(model, out, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+    return losses
+
+
 def fit(
     model: POSSM,
     train_sessions: list[Session],
@@ -272,16 +307,9 @@ def fit(
     total = steps_per_epoch * cfg.epochs
     offset = start_epoch * steps_per_epoch  # resuming: continue the schedule where it stopped
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: flat_cosine(s + offset, total, flat_fraction=cfg.flat_fraction))
-    best = {"epoch": -1, "metric": -np.inf, "metrics": {}}
+    best = best_so_far(out_dir, start_epoch)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        prev = out_dir / "best.yaml"
-        if start_epoch and prev.is_file():
-            import yaml as _y
-
-            m = (_y.safe_load(prev.read_text()) or {}).get("meta", {})
-            if "valid" in m:
-                best = {"epoch": m.get("epoch", -1), "metric": primary_metric(m["valid"]), "metrics": m["valid"]}
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -293,21 +321,8 @@ def fit(
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             t0 = time.perf_counter()
-            losses = []
-            for idx in sampler.epoch(cfg.batch_size):
-                batch = sampler.batch(idx).to(device)
-                out, _ = model(batch.units, batch.times, batch.mask, batch.session)
-                loss = loss_fn(model, out, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            losses = run_epoch(model, model, sampler, sampler.epoch(cfg.batch_size), device=device, opt=opt, sched=sched,
+                               params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch)
             valid = evaluate_prepared(model, valid_prep, split="valid", device=device)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 2), "valid": valid}
