@@ -118,7 +118,8 @@ class _LayerNorm:
 
 
 def _fold_ln(ln: _LayerNorm, wb: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(W^T, b) of ``Linear(LayerNorm(x))`` with the LayerNorm's affine part folded in:
+    """(W^T, b) of ``Linear(LayerNorm(x))`` with the LayerNorm's affine part (its ``w`` and ``b``, kept
+    also when it runs with ``affine=False``) folded in:
     (n * w + b_ln) @ W^T + b = n @ (diag(w) W^T) + (b_ln @ W^T + b)."""
     wt, bias = wb
     new_b = ln.b @ wt + (0.0 if bias is None else bias)
@@ -131,7 +132,7 @@ class _PreNormFFN:
     def __init__(self, seq: torch.nn.Sequential) -> None:
         ln, ff = seq[0], seq[1]
         self.ln = _LayerNorm(ln, affine=False)
-        self.proj_in = _fold_ln(_LayerNorm(ln), _wt(ff.proj_in))
+        self.proj_in = _fold_ln(self.ln, _wt(ff.proj_in))
         self.proj_out = _wt(ff.proj_out)
         self.half = ff.proj_out.in_features
 
@@ -212,8 +213,9 @@ class _Mamba:
         self.blocks = []
         with torch.no_grad():
             for blk in bb.blocks:
+                ln = _LayerNorm(blk.norm, affine=False)
                 self.blocks.append((
-                    _LayerNorm(blk.norm, affine=False), _fold_ln(_LayerNorm(blk.norm), _wt(blk.in_proj)), _np(blk.conv_weight), _np(blk.conv_bias), _wt(blk.x_proj),
+                    ln, _fold_ln(ln, _wt(blk.in_proj)), _np(blk.conv_weight), _np(blk.conv_bias), _wt(blk.x_proj),
                     _wt(blk.dt_proj), _np(-torch.exp(blk.A_log)), _np(blk.D), _wt(blk.out_proj), blk.d_inner, blk.d_state, blk.dt_rank,
                 ))
 
@@ -270,8 +272,7 @@ class NumpyStep:
         bb = model.backbone
         self.backbone = _GRU(bb) if isinstance(bb, GRUBackbone) else _S4D(bb) if isinstance(bb, S4DBackbone) else _Mamba(bb)
         self.dec_norm = _LayerNorm(f.dec_norm, affine=False)
-        ln = _LayerNorm(f.dec_norm)
-        folded = [_fold_ln(ln, (w, None)) for w in _np(f.dec_kv_wt)]  # per slot: (E, 2*H*d), (2*H*d,)
+        folded = [_fold_ln(self.dec_norm, (w, None)) for w in _np(f.dec_kv_wt)]  # per slot: (E, 2*H*d), (2*H*d,)
         self.dec_kv_wt = np.ascontiguousarray(np.stack([w for w, _ in folded]))  # (k, E, 2*H*d)
         self.dec_kv_b = np.stack([b for _, b in folded])[:, None, :]  # (k, 1, 2*H*d)
         self.slot_offsets = f.slot_offsets.cpu().numpy().astype(np.int64)
