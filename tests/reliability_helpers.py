@@ -63,7 +63,7 @@ def poisson(rng: np.random.Generator, *, n_units: int = 16, rate: float = 20.0, 
     return rng.integers(0, n_units, n).astype(np.int64), t
 
 
-def wait_for(cond, timeout: float, interval: float = 0.02) -> bool:
+def wait_for(cond, timeout: float = 20.0, interval: float = 0.02) -> bool:
     """Poll ``cond`` until it holds or ``timeout`` seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

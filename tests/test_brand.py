@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 from redis_helpers import redis_server  # noqa: F401  (fixture)
+from reliability_helpers import crossing_events, wait_for
 
 from possm_plugin.adapters.brand import BrandNode, NodeParameters, main, read_node_parameters
 from possm_plugin.adapters.redis_stream import RedisOptions
@@ -41,18 +42,6 @@ def make_crossings(n_entries: int, n_units: int = N_UNITS, seed: int = 0) -> np.
     return x
 
 
-def crossing_events(x: np.ndarray, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The documented rule: c crossings in ms n at n + (k + 0.5) / c ms."""
-    ch, tt = [], []
-    for n, row in enumerate(x):
-        for u in np.flatnonzero(row):
-            c = int(row[u])
-            for k in range(c):
-                ch.append(u)
-                tt.append((first_index + n) * 1e-3 + (k + 0.5) / c * 1e-3)
-    return np.asarray(ch, np.int64), np.asarray(tt, np.float64)
-
-
 def push_crossings(client, stream: str, x: np.ndarray, *, i0: int = 0, extra: dict | None = None) -> list[str]:
     ids = []
     p = client.pipeline(transaction=False)
@@ -68,15 +57,6 @@ def push_crossings(client, stream: str, x: np.ndarray, *, i0: int = 0, extra: di
         p.xadd(stream, entry)
     ids = [i.decode() for i in p.execute()]
     return ids
-
-
-def wait_for(cond, timeout: float = 20.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def outputs(client, stream: str = "possm") -> list[tuple[str, dict]]:
