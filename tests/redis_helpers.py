@@ -152,3 +152,21 @@ def make_tls_files(directory: Path) -> dict | None:
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt",
         "-days", "2", "-extfile", "ext.cnf")
     return {"cert": str(d / "server.crt"), "key": str(d / "server.key"), "ca": str(d / "ca.crt")}
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path):
+    """A fresh redis-server serving TLS only on its port (its certificate files in ``server.tls``);
+    the test is skipped where openssl is missing or redis-server was built without TLS."""
+    tls = make_tls_files(tmp_path / "tls")
+    if tls is None:
+        pytest.skip("openssl is not installed")
+    server = RedisServer(tmp_path, tls=tls)
+    try:
+        server.start()
+    except RuntimeError:
+        pytest.skip("this redis-server was built without TLS")
+    try:
+        yield server
+    finally:
+        server.stop()

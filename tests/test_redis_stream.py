@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from redis_helpers import RedisServer, free_port, make_tls_files, redis_server  # noqa: F401  (fixture)
+from redis_helpers import RedisServer, free_port, redis_server, tls_redis_server  # noqa: F401  (fixtures)
 
 from possm_plugin.adapters.redis_stream import (
     WATERMARK_SLACK,
@@ -224,23 +224,13 @@ def test_password_and_acl_user(tmp_path, monkeypatch):
         acl.stop()
 
 
-def test_tls(tmp_path):
-    tls = make_tls_files(tmp_path / "tls")
-    if tls is None:
-        pytest.skip("openssl is not installed")
-    server = RedisServer(tmp_path, tls=tls)
-    try:
-        server.start()
-    except RuntimeError:
-        pytest.skip("this redis-server has no TLS support")
-    try:
-        with RedisSource(stream="x", n_channels=1, port=server.port, ssl="true", ssl_ca_certs=tls["ca"]) as src:
-            server.client().xadd("x", crossing([1]))
-            assert wait_batch(src).channels.tolist() == [0]
-        with pytest.raises(StreamError, match="cannot reach"):  # without TLS the server does not answer
-            RedisSource(stream="x", n_channels=1, port=server.port, connect_timeout="0.3").connect(timeout=0.5)
-    finally:
-        server.stop()
+def test_tls(tls_redis_server):
+    server = tls_redis_server
+    with RedisSource(stream="x", n_channels=1, port=server.port, ssl="true", ssl_ca_certs=server.tls["ca"]) as src:
+        server.client().xadd("x", crossing([1]))
+        assert wait_batch(src).channels.tolist() == [0]
+    with pytest.raises(StreamError, match="cannot reach"):  # without TLS the server does not answer
+        RedisSource(stream="x", n_channels=1, port=server.port, connect_timeout="0.3").connect(timeout=0.5)
 
 
 def wait_batch(src, timeout: float = 5.0):

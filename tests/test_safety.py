@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import make_tiny_model
-from redis_helpers import RedisServer, make_tls_files, redis_server  # noqa: F401  (fixture)
+from redis_helpers import RedisServer, redis_server, tls_redis_server  # noqa: F401  (fixtures)
 from reliability_helpers import make_crossings, publish_supergraph, push_crossings, wait_for
 
 from possm_plugin.adapters.brand import BrandNode
@@ -422,34 +422,24 @@ def test_brand_cli_tls_options_reach_redis_py(monkeypatch):
     assert PASSWORD not in repr(seen["options"])
 
 
-def test_tls_for_real_when_this_redis_server_serves_it(tmp_path, tiny_checkpoint):
-    tls = make_tls_files(tmp_path / "tls")
-    if tls is None:
-        pytest.skip("openssl is not installed")
-    server = RedisServer(tmp_path, tls=tls)
+def test_tls_for_real_when_this_redis_server_serves_it(tls_redis_server, tiny_checkpoint):
+    server = tls_redis_server
+    opts = {"port": server.port, "ssl": True, "ssl_ca_certs": server.tls["ca"]}
+    sink = RedisSink(stream="possm_out", **opts)
+    sink.connect(output_names=["vx"], chunk_step=0.05)
+    sink.publish([Prediction(values=np.ones(1, np.float32), t_start=0.0, t_end=0.05, chunk_index=0)])
+    sink.disconnect()
+    node = BrandNode("possm", RedisOptions(**opts))
+    node.connect(5)
+    node.close()
+    c = server.client()
+    assert c.xlen("possm_out") == 1 and c.xrange("possm_state")[0][1][b"status"] == b"initialized"
+    plain = BrandNode("possm", RedisOptions(port=server.port, connect_timeout=0.3, socket_timeout=0.3))
     try:
-        server.start()
-    except RuntimeError:
-        pytest.skip("this redis-server was built without TLS")
-    try:
-        opts = {"port": server.port, "ssl": True, "ssl_ca_certs": tls["ca"]}
-        sink = RedisSink(stream="possm_out", **opts)
-        sink.connect(output_names=["vx"], chunk_step=0.05)
-        sink.publish([Prediction(values=np.ones(1, np.float32), t_start=0.0, t_end=0.05, chunk_index=0)])
-        sink.disconnect()
-        node = BrandNode("possm", RedisOptions(**opts))
-        node.connect(5)
-        node.close()
-        c = server.client()
-        assert c.xlen("possm_out") == 1 and c.xrange("possm_state")[0][1][b"status"] == b"initialized"
-        plain = BrandNode("possm", RedisOptions(port=server.port, connect_timeout=0.3, socket_timeout=0.3))
-        try:
-            with pytest.raises(StreamError, match="cannot reach"):  # plain TCP gets nothing from a TLS port
-                plain.connect(0.5)
-        finally:
-            plain.close()
+        with pytest.raises(StreamError, match="cannot reach"):  # plain TCP gets nothing from a TLS port
+            plain.connect(0.5)
     finally:
-        server.stop()
+        plain.close()
 
 
 def test_state_and_stats_hold_no_credentials():
