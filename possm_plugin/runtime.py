@@ -25,6 +25,10 @@ def set_cpu_threads(n: int) -> dict:
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError(f"CPU threads must be an integer >= 1, got {n!r}")
+    try:  # load SciPy's BLAS (the compiled step's matrix products) so that the limit reaches it too
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:  # pragma: no cover - SciPy is a dependency
+        pass
     torch.set_num_threads(n)
     threadpool_limits(limits=n, user_api="blas")  # kept for the life of the process
     blas = sorted({f"{i.get('internal_api')} ({i.get('num_threads')} threads)" for i in threadpool_info() if i.get("user_api") == "blas"})

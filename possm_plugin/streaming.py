@@ -49,9 +49,11 @@ log = logging.getLogger("possm_plugin.streaming")
 #: event times and watermarks beyond +-this many seconds (~317 years) are invalid: chunk arithmetic on
 #: such magnitudes loses sub-millisecond precision (e.g. a unix time in ms taken for seconds)
 MAX_ABS_TIME = 1e10
-#: ``engine="auto"`` uses the NumPy step up to this many streams (small GRU, 102 units each: NumPy
-#: 0.20 / 0.50 / 1.04 / 1.61 ms at 1 / 8 / 16 / 24 streams against torch's 0.50 / 0.78 / 1.25 / 1.96;
-#: at 32 streams NumPy 3.7, torch 2.1)
+#: without Numba, ``engine="auto"`` uses the NumPy step up to this many streams (small GRU, 102 units
+#: each: NumPy 0.20 / 0.50 / 1.04 / 1.61 ms at 1 / 8 / 16 / 24 streams against torch's 0.50 / 0.78 /
+#: 1.25 / 1.96; at 32 streams NumPy 3.7, torch 2.1). The compiled step is the fastest at every count
+#: measured (small GRU, 96 units: 0.08 / 0.46 / 0.50 / 0.98 / 1.91 ms at 1 / 8 / 16 / 32 / 64 streams,
+#: torch 0.88 / 0.78 / 1.20 / 1.98 / 4.26), so with Numba it has no limit.
 NUMPY_MAX_STREAMS = 16
 
 
@@ -145,10 +147,11 @@ class StreamingDecoder:
         default_session: the session used when ``session`` is None (checkpoints name one).
         fast: decode with folded tables (exact same outputs as ``model.step`` up to float rounding);
             False: with ``model.step`` itself. Call :meth:`refresh` after changing the model's weights.
-        engine: which step decodes (``fast=True`` only): ``"auto"`` (default: ``"numpy"`` on the CPU
-            for the built-in backbones and up to ``NUMPY_MAX_STREAMS`` (16) streams, else ``"torch"``:
-            torch's batched kernels win from about 32 streams), ``"numpy"``
-            (:class:`~possm_plugin.fast_numpy.NumpyStep`: the fastest on a CPU) or ``"torch"``
+        engine: which step decodes (``fast=True`` only): ``"auto"`` (default: on the CPU, for the
+            built-in backbones, ``"numba"``; without Numba ``"numpy"`` up to ``NUMPY_MAX_STREAMS``
+            streams; otherwise ``"torch"``), ``"numba"``
+            (:class:`~possm_plugin.fast_numba.NumbaStep`: compiled, the fastest on a CPU), ``"numpy"``
+            (:class:`~possm_plugin.fast_numpy.NumpyStep`) or ``"torch"``
             (:class:`~possm_plugin.fast.FastStep`: any device, any backbone).
         prewarm: seconds (e.g. 0.002): once a stream's watermark is within this much of its next
             chunk's end, :meth:`advance` runs one throwaway step (a blank chunk on a copy of the state;
@@ -213,8 +216,8 @@ class StreamingDecoder:
             raise ConfigError(f"prewarm={prewarm!r} must be None or seconds in (0, chunk_step={self.chunk_step:g})")
         self.prewarm = None if prewarm is None else float(prewarm)
         self._prewarmed: dict[int, int] = {}  # stream -> the chunk index prewarmed for
-        if engine not in ("auto", "numpy", "torch"):
-            raise ConfigError(f"engine must be 'auto', 'numpy' or 'torch', got {engine!r}")
+        if engine not in ("auto", "numba", "numpy", "torch"):
+            raise ConfigError(f"engine must be 'auto', 'numba', 'numpy' or 'torch', got {engine!r}")
         self.fast = fast
         self._engine_choice = engine
         self.refresh()
@@ -222,6 +225,7 @@ class StreamingDecoder:
     def refresh(self) -> None:
         """Rebuild the inference step from the model's current weights."""
         from .fast import FastStep
+        from .fast_numba import NumbaStep, numba_available
         from .fast_numpy import NumpyStep, numpy_step_supported
 
         self.engine = "reference"
@@ -231,13 +235,18 @@ class StreamingDecoder:
         want = self._engine_choice
         if want == "auto":
             cpu_ok = self.device.type == "cpu" and numpy_step_supported(self.model)
-            want = "numpy" if cpu_ok and self.n_streams <= NUMPY_MAX_STREAMS else "torch"
-        if want == "numpy":
+            if cpu_ok and numba_available():
+                want = "numba"
+            else:
+                want = "numpy" if cpu_ok and self.n_streams <= NUMPY_MAX_STREAMS else "torch"
+        if want in ("numpy", "numba"):
             if self.device.type != "cpu":
-                raise ConfigError(f"engine='numpy' runs on the CPU only, not on {self.device}")
+                raise ConfigError(f"engine={want!r} runs on the CPU only, not on {self.device}")
             if not numpy_step_supported(self.model):
-                raise ConfigError(f"engine='numpy' has no step for backbone {self.model.config.backbone!r}; use engine='torch'")
-            self._stepper = NumpyStep.from_model(self.model)
+                raise ConfigError(f"engine={want!r} has no step for backbone {self.model.config.backbone!r}; use engine='torch'")
+            if want == "numba" and not numba_available():
+                raise ConfigError("engine='numba' needs Numba (pip install numba); engine='numpy' runs without it")
+            self._stepper = NumbaStep.from_model(self.model) if want == "numba" else NumpyStep.from_model(self.model)
         else:
             self._stepper = FastStep.from_model(self.model)
         self.engine = want
@@ -459,7 +468,7 @@ class StreamingDecoder:
     def _throwaway_step(self, s: int) -> None:
         units, rel, mask = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.float32), np.ones((1, 1), bool)
         with torch.inference_mode():
-            if self.engine == "numpy":
+            if self.engine in ("numpy", "numba"):
                 state = tuple(x.numpy()[s : s + 1] for x in self._state)  # read only: the engine returns new arrays
                 self._stepper.step(units, rel, mask, self._session_np[s : s + 1], state)
             else:
@@ -551,7 +560,7 @@ class StreamingDecoder:
                 units[i, :w], rel[i, :w], mask[i, :w] = c[0][0], c[1][0], c[2][0]
         t_start = time.perf_counter()
         full = len(streams) == self.n_streams
-        if self.engine == "numpy":
+        if self.engine in ("numpy", "numba"):
             values = self._decode_numpy(streams, full, units, rel, mask)
         else:
             values = self._decode_torch(streams, full, torch.from_numpy(units), torch.from_numpy(rel), torch.from_numpy(mask))
@@ -565,7 +574,7 @@ class StreamingDecoder:
         return preds
 
     def _decode_numpy(self, streams: list[int], full: bool, units: np.ndarray, rel: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One step of the NumPy engine; the state stays in torch tensors that share its memory."""
+        """One step of the NumPy or compiled engine; the state stays in torch tensors that share its memory."""
         sess = self._session_np if full else self._session_np[streams]
         state = tuple(x.numpy() for x in self._state)
         if not full:

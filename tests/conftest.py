@@ -41,6 +41,15 @@ def make_tiny_model(backbone: str = "gru", *, n_units: int = 16, session: str = 
     return POSSM(cfg, unit_ids=units, session_ids=[session], session_units={session: units}).eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_steps():
+    """Compile the Numba inference steps once, before any test starts a decoder process: the nodes the
+    tests spawn then load them from the cache instead of each compiling for seconds."""
+    from possm_plugin.fast_numba import warm_up
+
+    warm_up()
+
+
 @pytest.fixture
 def tiny_model() -> POSSM:
     return make_tiny_model("gru")

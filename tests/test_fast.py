@@ -65,6 +65,7 @@ def test_fast_step_is_rebuilt_after_weights_change():
 
 
 # -- the NumPy engine --------------------------------------------------------------------------------
+from possm_plugin.fast_numba import NumbaStep  # noqa: E402
 from possm_plugin.fast_numpy import NumpyStep, numpy_step_supported  # noqa: E402
 
 
@@ -82,12 +83,13 @@ from possm_plugin.fast_numpy import NumpyStep, numpy_step_supported  # noqa: E40
         ("gru", {"readout": "ctc", "output_dim": 4, "output_names": []}),
     ],
 )
-def test_numpy_step_equals_model_step(backbone, extra):
-    """Outputs and every state tensor of the NumPy engine follow model.step over 25 chunks, for three
-    streams with different sessions and silent chunks at different places."""
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+def test_numpy_step_equals_model_step(backbone, extra, engine):
+    """Outputs and every state tensor of the NumPy and the compiled engines follow model.step over 25
+    chunks, for three streams with different sessions and silent chunks at different places."""
     m = make_tiny_model(backbone, n_units=20, **extra)
     m.extend_sessions(["other"])
-    eng = NumpyStep.from_model(m)
+    eng = NumpyStep.from_model(m) if engine == "numpy" else NumbaStep.from_model(m)
     t = _tokens(25, 20)
     sess = torch.tensor([1, 2, 1])
     s1 = m.initial_state(3)

@@ -220,15 +220,24 @@ def test_construction_errors():
 
 # -- engines ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["gru", "s4d", "mamba"])
-def test_engines_agree_on_batched_streams_with_resets(backbone, rng):
-    """The NumPy engine (the CPU default), the torch FastStep and model.step itself decode the same
-    three streams identically: full and partial batches, a reset of one stream, oversized chunks."""
+def test_engines_agree_on_batched_streams_with_resets(backbone, rng, monkeypatch):
+    """The compiled engine (the CPU default), the NumPy engine, the torch FastStep and model.step itself
+    decode the same three streams identically: full and partial batches, a reset of one stream,
+    oversized chunks."""
+    import possm_plugin.fast_numba as fast_numba
+
     model = make_tiny_model(backbone)
-    decs = {e: StreamingDecoder(model, n_streams=3, max_tokens=40, **kw)
-            for e, kw in (("numpy", {"engine": "numpy"}), ("torch", {"engine": "torch"}), ("reference", {"fast": False}))}
-    assert {e: d.engine for e, d in decs.items()} == {"numpy": "numpy", "torch": "torch", "reference": "reference"}
-    assert StreamingDecoder(model).engine == "numpy"  # auto on the CPU
-    assert StreamingDecoder(model, n_streams=32).engine == "torch"  # many streams: torch's batched kernels
+    engines = (("numba", {"engine": "numba"}), ("numpy", {"engine": "numpy"}), ("torch", {"engine": "torch"}), ("reference", {"fast": False}))
+    decs = {e: StreamingDecoder(model, n_streams=3, max_tokens=40, **kw) for e, kw in engines}
+    assert {e: d.engine for e, d in decs.items()} == {"numba": "numba", "numpy": "numpy", "torch": "torch", "reference": "reference"}
+    assert StreamingDecoder(model).engine == "numba"  # auto on the CPU
+    assert StreamingDecoder(model, n_streams=32).engine == "numba"  # the fastest at every stream count measured
+    with monkeypatch.context() as mp:  # an install without Numba
+        mp.setattr(fast_numba, "numba_available", lambda: False)
+        assert StreamingDecoder(model).engine == "numpy"
+        assert StreamingDecoder(model, n_streams=32).engine == "torch"  # many streams: torch's batched kernels
+        with pytest.raises(ConfigError, match="needs Numba"):
+            StreamingDecoder(model, engine="numba")
     spikes = [poisson_spikes(rng, t_start=1.0, duration=1.5, rate=30.0 + 20 * s) for s in range(3)]
     got = {e: [] for e in decs}
     for j in range(1, 16):
@@ -241,14 +250,14 @@ def test_engines_agree_on_batched_streams_with_resets(backbone, rng):
                 dec.reset(1)
             got[e] += [(p.stream, p.chunk_index, p.values) for p in dec.advance_many(wm)]
     n = len(got["reference"])
-    assert n >= 70 and [g[:2] for g in got["numpy"]] == [g[:2] for g in got["reference"]] == [g[:2] for g in got["torch"]]
+    assert n >= 70 and all([g[:2] for g in got[e]] == [g[:2] for g in got["reference"]] for e in decs)
     ref = np.stack([g[2] for g in got["reference"]])
-    for e in ("numpy", "torch"):
+    for e in ("numba", "numpy", "torch"):
         np.testing.assert_allclose(np.stack([g[2] for g in got[e]]), ref, rtol=0, atol=1e-5)
-    assert decs["numpy"].stats.summary()["spikes_truncated"] == decs["reference"].stats.summary()["spikes_truncated"] > 0
+    assert decs["numba"].stats.summary()["spikes_truncated"] == decs["reference"].stats.summary()["spikes_truncated"] > 0
 
 
-@pytest.mark.parametrize("engine", ["numpy", "torch"])
+@pytest.mark.parametrize("engine", ["numba", "numpy", "torch"])
 def test_prewarm_changes_nothing_but_the_count(engine, rng):
     """Throwaway steps before each chunk's end leave outputs, state and counters as they were, and
     run once per chunk of each stream."""
@@ -278,8 +287,9 @@ def test_engine_choice_errors():
         StreamingDecoder(model, engine="jit")
     model.backbone.__class__ = type("GRUSubclass", (type(model.backbone),), {})  # a backbone without a NumPy step
     assert StreamingDecoder(model).engine == "torch"
-    with pytest.raises(ConfigError, match="no step for backbone"):
-        StreamingDecoder(model, engine="numpy")
+    for engine in ("numba", "numpy"):
+        with pytest.raises(ConfigError, match="no step for backbone"):
+            StreamingDecoder(model, engine=engine)
 
 
 # -- the runner -------------------------------------------------------------------------------------
