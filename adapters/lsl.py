@@ -153,6 +153,14 @@ class LSLSource(SpikeSource):
         form: ``"auto"`` (irregular rate: events; regular rate: binned), ``"events"`` or ``"binned"``.
         resolve_timeout: seconds :meth:`connect` waits for the stream when given no timeout.
         idle_delay: safety delay of the clock-driven watermark of event streams, seconds.
+        clock_lag: low-latency chunk closing for event streams (default None or ``"off"``: off; the
+            ``possm-lsl`` node defaults to ``"auto"``). A number of
+            seconds, or ``"auto"``: at every pull, not only idle ones, the watermark is at least
+            ``now - lag``, so a chunk closes ``lag`` after its end even when no later spike has
+            arrived yet; spikes arriving later than that are late (dropped and counted). ``"auto"``
+            sets the lag from the stream itself: 1.5x the largest delay (arrival - timestamp) seen
+            over the last 1-2 s, plus 0.5 ms, at most ``idle_delay`` (which it uses until it has
+            watched the stream for a second). See :meth:`watermark_lag`.
         stall_events: the clock-driven watermark stops while a silence is longer than this many of
             the stream's recent inter-spike intervals (the sender stalls rather than the neurons).
         max_future: timestamps more than this many seconds ahead of the clock do not move the
@@ -183,6 +191,7 @@ class LSLSource(SpikeSource):
         form: str = "auto",
         resolve_timeout: float = 5.0,
         idle_delay: float = 0.02,
+        clock_lag: float | str | None = None,
         stall_events: float = 20.0,
         max_future: float = 5.0,
         max_count: int = 1000,
@@ -205,11 +214,21 @@ class LSLSource(SpikeSource):
                 raise ConfigError(f"LSL source {key}={v!r} must be a positive number of seconds")
         if not (isinstance(idle_delay, (int, float)) and idle_delay >= 0):
             raise ConfigError(f"LSL source idle_delay={idle_delay!r} must be >= 0 seconds")
+        if clock_lag is False or (isinstance(clock_lag, str) and clock_lag.lower() in ("off", "none")):
+            clock_lag = None
+        if not (clock_lag is None or clock_lag == "auto" or (isinstance(clock_lag, (int, float)) and not isinstance(clock_lag, bool)
+                                                              and 0 <= clock_lag <= 1)):
+            raise ConfigError(f"LSL source clock_lag={clock_lag!r} must be 'auto', 'off' or seconds in [0, 1]")
         self.stream_name = name
         self.predicate = build_predicate(name, predicate, stype=stype, source_id=source_id)
         self.form_option = form
         self.resolve_timeout = float(resolve_timeout)
         self.idle_delay = float(idle_delay)
+        self.clock_lag = clock_lag if clock_lag in (None, "auto") else float(clock_lag)
+        self._delay_now = 0.0  # largest spike delay (arrival - timestamp) in the current 1 s bucket
+        self._delay_prev = 0.0  # ... in the bucket before
+        self._delay_t: float | None = None  # start of the current bucket
+        self._delay_since: float | None = None  # first delay observation
         self.stall_events = float(stall_events)
         self.max_future = float(max_future)
         self.max_count = int(max_count)
@@ -384,15 +403,44 @@ class LSLSource(SpikeSource):
         if self.form == "binned":
             return self._binned(data, ts)
         self._update_rate(len(ts), now)
-        return self._events(data, ts)
+        batch = self._events(data, ts)
+        if self.clock_lag is not None and self._wm is not None:
+            finite = batch.times[np.isfinite(batch.times)]
+            self._observe_delay(now - self._tc - float(finite.min()) if len(finite) else 0.0, now)
+            batch.watermark = self._wm = max(self._wm, now - self._tc - self.watermark_lag())
+        return batch
 
     def _idle_watermark(self, now: float) -> float | None:
         if self.form != "events" or self._wm is None:
             return self._wm
         if self._rate * (now - self._last_data) > self.stall_events:
             return self._wm  # too long a silence for this stream's rate: the sender stalls; wait for its data
-        self._wm = max(self._wm, now - self._tc - self.idle_delay)
+        lag = self.idle_delay if self.clock_lag is None else self.watermark_lag()
+        self._wm = max(self._wm, now - self._tc - lag)
         return self._wm
+
+    def watermark_lag(self) -> float | None:
+        """How far behind the clock the watermark of an event stream may trail while data flow: the
+        ``clock_lag`` (``"auto"``: from the delays seen), or None when ``clock_lag`` is unset (the
+        watermark then follows the data, and the clock only after an idle pull, at ``idle_delay``).
+        The decoder loop wakes at each chunk's end plus this lag (see ``DecoderRunner``)."""
+        if self.clock_lag is None or self.form != "events":
+            return None
+        if self.clock_lag != "auto":
+            return self.clock_lag
+        if self._delay_since is None or self._delay_t is None or self._delay_t - self._delay_since < 1.0:
+            return self.idle_delay  # not watched long enough yet
+        return min(self.idle_delay, 1.5 * max(self._delay_now, self._delay_prev) + 0.0005)
+
+    def _observe_delay(self, delay: float, now: float) -> None:
+        """Track the largest arrival delay per 1 s bucket (the lag of ``clock_lag="auto"``)."""
+        if not (0.0 <= delay < self.max_future):
+            delay = 0.0 if not np.isfinite(delay) or delay < 0 else min(delay, self.idle_delay)
+        if self._delay_since is None:
+            self._delay_since = self._delay_t = now
+        elif now - self._delay_t >= 1.0:
+            self._delay_prev, self._delay_now, self._delay_t = self._delay_now, 0.0, now
+        self._delay_now = max(self._delay_now, delay)
 
     def _update_rate(self, n: int, now: float) -> None:
         """Events per second, averaged over about a second of batches."""

@@ -23,10 +23,15 @@
    time (1 ms ticks paced by deadlines, as a 1 kHz acquisition system) and logs when each push went
    out; ``possm-lsl`` (small GRU, random weights) decodes them in a second process; this process
    receives the predictions. Latency = the push of the last spike of a chunk -> its prediction
-   received here. It includes waiting for the first spike after the chunk's end, which is what tells
-   the node the chunk is complete (``wait_ms``: at 1920 spikes/s a 1 ms tick holds no spike 15 % of
-   the time); ``node_ms`` is the rest (that push -> prediction received). ``--rt-priority N`` repeats
-   it with the three processes under SCHED_FIFO (``lsl_end_to_end_rt_ms``).
+   received here, split at the chunk's end: ``before_end_ms`` (last spike pushed -> chunk end: the
+   spikes' share, which no decoder can shorten: at 1920 spikes/s the last 2.4 ms of a chunk hold no
+   spike 1 % of the time) and ``after_end_ms`` (chunk end -> prediction received: closing the chunk,
+   decoding, publishing, transport). ``lsl_end_to_end_ms`` runs the node with its defaults (event
+   streams closed by the clock, ``clock_lag=auto``); ``lsl_end_to_end_data_ms`` with
+   ``clock_lag=off``, where a chunk closes when the first spike after its end arrives (``wait_ms``:
+   at 1920 spikes/s a 1 ms tick holds no spike 15 % of the time; ``node_ms``: that push ->
+   prediction received). ``--rt-priority N`` repeats the first with the three processes under
+   SCHED_FIFO (``lsl_end_to_end_rt_ms``).
 
 Weights are random (latency does not depend on them). CPU threads of torch and BLAS: ``--threads`` (default 1). The
 machine's load average is printed: other work on the same cores shows in the p99.
@@ -213,18 +218,25 @@ def sender(name: str, duration: float, log_path: str, n_units: int) -> None:
 
 
 def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray) -> dict:
-    """Where the end-to-end time goes, per chunk: ``wait_ms``, from the push of the chunk's last spike
-    to the push that carries the first spike after the chunk's end (what tells the node the chunk is
-    complete: the source's cadence and the spikes' timing, not the decoder); ``node_ms``, from that
-    push to the prediction received (transport, decode, publish, transport)."""
+    """Where the end-to-end time goes, per chunk, cut two ways. ``wait_ms``, from the push of the chunk's
+    last spike to the push that carries the first spike after the chunk's end (what tells a node that
+    closes chunks on the data that the chunk is complete), and ``node_ms``, from that push to the
+    prediction received. ``before_end_ms``, from the push of the chunk's last spike to the chunk's end
+    (set by the spikes alone), and ``after_end_ms``, from the chunk's end to the prediction received
+    (the decoder's share). Sender and receiver share this machine's clock."""
     first, pushed, last = push_log[:, 0], push_log[:, 1], push_log[:, 2]
     i = np.searchsorted(first, t_end, side="left") - 1  # the push with the chunk's last spike
     j = np.searchsorted(last, t_end, side="left")  # the first push reaching past the chunk's end
     ok = (i >= 0) & (j < len(pushed))
-    return {"wait_ms": pct((pushed[j[ok]] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - pushed[j[ok]]) * 1e3)}
+    return {"wait_ms": pct((pushed[j[ok]] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - pushed[j[ok]]) * 1e3),
+            # the same total cut at the chunk's end instead: before it, the source's share (no decoder can
+            # answer before the chunk is over; negative when the last spike went out after the end); after it,
+            # the decoder's (closing the chunk, decoding, publishing, transport)
+            "before_end_ms": pct((t_end[ok] - pushed[i[ok]]) * 1e3), "after_end_ms": pct((received[ok] - t_end[ok]) * 1e3)}
 
 
-def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: int | None = None) -> dict:
+def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: int | None = None,
+              node_args: tuple[str, ...] = ()) -> dict:
     import pylsl
 
     from possm_plugin.checkpoint import save_checkpoint
@@ -246,7 +258,7 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
                                        "--log", str(log_path), "--units", str(n_units)], env=env))
         procs.append(subprocess.Popen([*rt, sys.executable, "-m", "possm_plugin.cli.lsl_node", "--inlet", name, "--outlet", out,
                                        "--checkpoint", str(ck), "--threads", str(threads), "--log-level", "ERROR",
-                                       "--resolve-timeout", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                       "--resolve-timeout", "60", *node_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         found = pylsl.resolve_byprop("name", out, 1, 90.0)
         if not found:
             raise RuntimeError("the decoder node did not start")
@@ -332,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         result["profile_small_gru_96u_ms"] = profile_step()
     if not args.no_lsl:
-        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads)
+        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads)  # the node's defaults (clock_lag=auto)
+        result["lsl_end_to_end_data_ms"] = bench_lsl(lsl_s, threads=args.threads, node_args=("--source-opt", "clock_lag=off"))
         if args.rt_priority:
             result["lsl_end_to_end_rt_ms"] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -359,11 +372,19 @@ def table(r: dict) -> str:
         lines.append(line)
     if "lsl_end_to_end_ms" in r:
         e = r["lsl_end_to_end_ms"]
-        lines.append(f"LSL end to end (last spike pushed -> prediction received, small GRU, 96 units x 20 Hz): "
-                     f"p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']}); of which waiting for the push that "
-                     f"completes the chunk p50 {e['wait_ms']['p50']:.3f} / p99 {e['wait_ms']['p99']:.3f} ms, and that push -> "
-                     f"prediction received p50 {e['node_ms']['p50']:.3f} / p99 {e['node_ms']['p99']:.3f} ms "
-                     f"(sender pushes every {e['sender_push_interval_ms']['p50']:.2f} ms, p99 {e['sender_push_interval_ms']['p99']:.2f})")
+        lines.append(f"LSL end to end (last spike pushed -> prediction received, small GRU, 96 units x 20 Hz), node defaults "
+                     f"(chunks closed by the clock, clock_lag=auto): p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']}); "
+                     f"last spike pushed -> chunk end p50 {e['before_end_ms']['p50']:.3f} / p99 {e['before_end_ms']['p99']:.3f} ms "
+                     f"(the spikes' share), chunk end -> prediction received p50 {e['after_end_ms']['p50']:.3f} / p99 "
+                     f"{e['after_end_ms']['p99']:.3f} ms (the decoder's) (sender pushes every {e['sender_push_interval_ms']['p50']:.2f} ms, "
+                     f"p99 {e['sender_push_interval_ms']['p99']:.2f})")
+    if "lsl_end_to_end_data_ms" in r:
+        e = r["lsl_end_to_end_data_ms"]
+        lines.append(f"LSL end to end, chunks closed by the data (clock_lag=off): p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms "
+                     f"(n={e['n']}); waiting for the push that completes the chunk p50 {e['wait_ms']['p50']:.3f} / p99 "
+                     f"{e['wait_ms']['p99']:.3f} ms, that push -> prediction received p50 {e['node_ms']['p50']:.3f} / p99 "
+                     f"{e['node_ms']['p99']:.3f} ms; chunk end -> prediction received p50 {e['after_end_ms']['p50']:.3f} / p99 "
+                     f"{e['after_end_ms']['p99']:.3f} ms")
     if r.get("lsl_end_to_end_rt_ms"):
         e = r["lsl_end_to_end_rt_ms"]
         how = f"SCHED_FIFO {e['rt_priority']}" if e.get("rt_priority") else "real-time priority not permitted: normal"

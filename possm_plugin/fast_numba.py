@@ -65,8 +65,19 @@ def numba_available() -> bool:
     return njit is not None
 
 
+def _can_cache() -> bool:
+    """Whether Numba finds a writable cache directory (beside this file, or its per-user directory); if
+    not, the step is compiled in each process (slower start, same code)."""
+    try:
+        njit(cache=True)(lambda: 0)
+        return True
+    except Exception as exc:  # noqa: BLE001 - e.g. "no locator available" on a read-only install without HOME
+        log.warning("Numba cannot cache the compiled inference step (%s); each process compiles it (~10-30 s at start)", exc)
+        return False
+
+
 if njit is not None:
-    _jit = njit(cache=True, fastmath=_FM, nogil=True)
+    _jit = njit(cache=_can_cache(), fastmath=_FM, nogil=True)
 
     @_jit
     def _t(P, M, i):

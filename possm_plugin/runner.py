@@ -83,6 +83,7 @@ class DecoderRunner:
         self.stop_event = stop_event or threading.Event()
         self.duration = duration
         self.poll_timeout = float(poll_timeout)
+        self._overdue: float | None = None  # the chunk end the loop last woke for without closing it
         self.on_predictions = on_predictions
         self.error_backoff = float(error_backoff)
         self.warmup = int(warmup)
@@ -131,7 +132,7 @@ class DecoderRunner:
     def step(self) -> list[Prediction]:
         """One iteration (acquire, push, advance, publish); returns the published predictions."""
         try:
-            batch = self.source.acquire(timeout=self.poll_timeout)
+            batch = self.source.acquire(timeout=self._poll_timeout())
         except Exception as exc:  # noqa: BLE001 - a failing source must not stop the decoder
             if raise_in_threads():
                 raise
@@ -158,6 +159,27 @@ class DecoderRunner:
         if preds:
             self._publish(preds)
         return preds
+
+    def _poll_timeout(self) -> float:
+        """``poll_timeout``, cut short to wake when the next chunk closes by the clock: at its end plus the
+        source's ``watermark_lag()`` (sources whose watermark follows the clock, e.g. LSL ``clock_lag``)."""
+        lag_fn = getattr(self.source, "watermark_lag", None)
+        now_fn = getattr(self.source, "now", None)
+        if not (callable(lag_fn) and callable(now_fn)):
+            return self.poll_timeout
+        try:
+            lag, end = lag_fn(), self.decoder.next_chunk_end(0)
+            if lag is None or end is None:
+                return self.poll_timeout
+            wait = end + lag - now_fn()
+        except Exception:  # noqa: BLE001 - a best-effort wake-up time; never stop the loop for it
+            return self.poll_timeout
+        if wait <= 0:  # due: one immediate pull closes it; still open after that, the source holds it back (a stall)
+            if self._overdue == end:
+                return self.poll_timeout
+            self._overdue = end
+            return 0.0
+        return min(self.poll_timeout, wait)
 
     def _warmup(self) -> None:
         """Run the model a few times on a blank chunk with a fresh state (results discarded)."""

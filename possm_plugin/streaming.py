@@ -277,6 +277,11 @@ class StreamingDecoder:
     def t0(self, stream: int = 0) -> float | None:
         return self.streams[stream].t0
 
+    def next_chunk_end(self, stream: int = 0) -> float | None:
+        """End of the next chunk ``stream`` will decode (source clock), or None before its grid is anchored."""
+        st = self.streams[stream]
+        return None if st.t0 is None else st.t0 + st.next_chunk * self.chunk_step + self.chunk_width
+
     def buffered(self, stream: int | None = None) -> int:
         """Events pushed and kept but not yet decoded (one stream, or all)."""
         idx = range(self.n_streams) if stream is None else [stream]

@@ -48,6 +48,8 @@ def test_split_latency_attributes_the_wait_to_the_push_that_completes_the_chunk(
     r = lat.split_latency(t_end, received, log)
     np.testing.assert_allclose(r["wait_ms"]["p50"], 1.0, atol=1e-6)  # 1.0011 - 1.0001
     np.testing.assert_allclose(r["node_ms"]["p50"], 0.4, atol=1e-6)  # 1.0015 - 1.0011
+    np.testing.assert_allclose(r["before_end_ms"]["p50"], -0.1, atol=1e-6)  # 1.0 - 1.0001: pushed after the end
+    np.testing.assert_allclose(r["after_end_ms"]["p50"], 1.5, atol=1e-6)  # 1.0015 - 1.0
     # a push that straddles the end completes the chunk itself: no wait
     log2 = np.array([[0.9970, 0.9981, 0.9980], [0.9990, 1.0011, 1.0006]])
     r2 = lat.split_latency(t_end, received, log2)

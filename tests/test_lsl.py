@@ -59,7 +59,9 @@ def test_node_publishes_one_sample_per_chunk_equal_to_offline_forward(form, sim_
     procs.append(lh.start_sim(name, form=form, duration=40))
     rec = lh.Recorder(spikes=lh.open_inlet(name))  # subscribed before the node: sees every spike it sees
     # clocksync=false: the node keeps the sender's timestamps, exactly like this recorder (proc_none)
-    extra = ["--telemetry", "--json-summary", "--source-opt", "clocksync=false", "--source-opt", "idle_delay=0.5"]
+    # clock_lag=off: chunks close on the data alone, so that no spike can be late on a loaded machine
+    extra = ["--telemetry", "--json-summary", "--source-opt", "clocksync=false", "--source-opt", "idle_delay=0.5",
+             "--source-opt", "clock_lag=off"]
     if form == "events":
         extra += ["--duration", "3"]
     node = lh.start(_node_args(name, sim_checkpoint, out, *extra))
@@ -375,3 +377,53 @@ def test_idle_watermark_decodes_silence_but_waits_for_a_stalled_sender():
         assert b.times[0] == pytest.approx(late, abs=1e-9) and b.times[0] > wm  # in time: not late
     finally:
         src.disconnect()
+
+
+def test_clock_lag_auto_closes_chunks_by_the_clock_and_follows_the_senders_delay():
+    """clock_lag="auto": while data flow, the watermark trails the clock by a lag learnt from the
+    arrival delays, short for a sender pushing every millisecond, long for one pushing in 30 ms batches."""
+    name = lh.unique("clocklag")
+    info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", "sid-" + name)
+    chans = info.desc().append_child("channels")
+    for i in range(4):
+        chans.append_child("channel").append_child_value("label", f"u{i}")
+    outlet = pylsl.StreamOutlet(info)
+    src = LSLSource(name, resolve_timeout=10, idle_delay=0.5, clock_lag="auto", clocksync=False).connect()
+    try:
+        src.acquire(0.0)
+        _wait(lambda: outlet.have_consumers(), 10)
+        assert src.watermark_lag() == 0.5  # not watched for a second yet: idle_delay
+
+        def run(seconds, batch):
+            """Push spikes stamped over the last ``batch`` seconds every ``batch`` seconds; returns the
+            (clock before the pull, watermark, lag) of every pull that delivered spikes."""
+            seen, t_next, t_end = [], pylsl.local_clock(), time.monotonic() + seconds
+            while time.monotonic() < t_end:
+                now = pylsl.local_clock()
+                if now >= t_next:
+                    stamps = np.linspace(now - batch, now, 4)
+                    outlet.push_chunk(np.array([[0, 0], [1, 0], [2, 0], [3, 0]], np.int16), stamps.tolist())
+                    t_next = now + batch
+                before = src.now()
+                b = src.acquire(0.0005)
+                if len(b):
+                    seen.append((before, b.watermark, src.watermark_lag()))
+            return seen
+
+        fast = run(1.5, 0.001)
+        lag_fast = src.watermark_lag()
+        assert 0.0005 <= lag_fast < 0.5, lag_fast  # learnt from ~1 ms delays (plus scheduling), below idle_delay
+        late = [(before, wm, lag) for before, wm, lag in fast if lag < 0.5]
+        assert late and all(wm >= before - lag for before, wm, lag in late)  # the clock, not the data, leads
+        run(2.5, 0.03)  # the sender now batches 30 ms: every spike is >= 30 ms old when it arrives
+        assert 0.045 <= src.watermark_lag() <= 0.5  # 1.5 x 30 ms + 0.5 ms or more, at most idle_delay
+    finally:
+        src.disconnect()
+
+
+def test_clock_lag_option_values():
+    assert LSLSource("x", clock_lag="off").clock_lag is None and LSLSource("x", clock_lag=False).clock_lag is None
+    assert LSLSource("x", clock_lag=0.002).clock_lag == 0.002 and LSLSource("x", clock_lag="auto").clock_lag == "auto"
+    for bad in ("soon", -0.001, 2.0, True):
+        with pytest.raises(ConfigError, match="clock_lag"):
+            LSLSource("x", clock_lag=bad)

@@ -411,6 +411,42 @@ def test_runner_stops_on_duration_and_event():
         DecoderRunner(ListSource([]), dec, [], duration=-1)
 
 
+class ClockSource(ListSource):
+    """A ListSource whose watermark follows its clock with a lag (as LSL's ``clock_lag``)."""
+
+    def __init__(self, lag):
+        super().__init__([])
+        self.lag, self.timeouts = lag, []
+
+    def watermark_lag(self):
+        return self.lag
+
+    def _acquire(self, timeout):
+        self.timeouts.append(timeout)
+        return SpikeBatch.empty(None)
+
+
+def test_runner_wakes_when_the_next_chunk_closes_by_the_clock():
+    """With a clock-following source the loop's pull waits only until the next chunk's end plus the lag,
+    pulls at once when that is past, and falls back to poll_timeout when a due chunk stays open (a
+    stalled source) instead of spinning."""
+    dec = StreamingDecoder(make_tiny_model("gru"), t0=10.0)
+    dec.advance(10.0)  # anchor the grid: next chunk [10.00, 10.05)
+    assert dec.next_chunk_end() == pytest.approx(10.05)
+    src = ClockSource(0.002).connect()
+    runner = DecoderRunner(src, dec, [ListSink()], poll_timeout=0.005, warmup=0)
+    for clock in (10.040, 10.049, 10.0525, 10.053, 10.053):
+        src.clock = clock
+        runner.step()
+    assert src.timeouts[:2] == [0.005, pytest.approx(0.003)]  # capped by poll_timeout; then 10.052 - 10.049
+    assert src.timeouts[2:] == [0.0, 0.005, 0.005]  # due: one immediate pull; still open: no busy loop
+    src.lag = None  # the source's watermark follows its data: plain poll_timeout
+    runner.step()
+    assert src.timeouts[-1] == 0.005
+    plain = ListSource([])  # a source without watermark_lag
+    assert DecoderRunner(plain, dec, [ListSink()], poll_timeout=0.004, warmup=0)._poll_timeout() == 0.004
+
+
 # -- CUDA -------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the CUDA decoding path is tested where torch sees one")
 @pytest.mark.parametrize("backbone", ["gru", "s4d", "mamba"])
