@@ -43,7 +43,10 @@ transport delay, plus scheduling stalls of a busy machine), or spikes arrive lat
 watermark and ``idle_delay`` adds no latency; on a sparse one it bounds the wait for a chunk. A
 silence in which the stream's recent rate predicts more than ``stall_events`` (20) spikes is taken
 for a stalled sender, not for quiet neurons: the watermark waits for its data (or for ``lost_after``),
-so a sender that stalls on a busy machine does not make its spikes late.
+so a sender that stalls on a busy machine does not make its spikes late. With ``clock_lag`` (seconds,
+or ``"auto"``: learnt from the arrival delays) the clock rule applies at every pull, not only idle
+ones, with that lag: chunks close at their end plus the lag whatever the neurons do (see
+:meth:`LSLSource.watermark_lag`).
 
 Loss: no sample for ``lost_after`` seconds, or pylsl's ``LostError``, marks the source ``lost`` (the
 watermark stops); the inlet recovers by itself when the stream comes back with the same source_id,
@@ -153,8 +156,7 @@ class LSLSource(SpikeSource):
         form: ``"auto"`` (irregular rate: events; regular rate: binned), ``"events"`` or ``"binned"``.
         resolve_timeout: seconds :meth:`connect` waits for the stream when given no timeout.
         idle_delay: safety delay of the clock-driven watermark of event streams, seconds.
-        clock_lag: low-latency chunk closing for event streams (default None or ``"off"``: off; the
-            ``possm-lsl`` node defaults to ``"auto"``). A number of
+        clock_lag: low-latency chunk closing for event streams (default None or ``"off"``: off). A number of
             seconds, or ``"auto"``: at every pull, not only idle ones, the watermark is at least
             ``now - lag``, so a chunk closes ``lag`` after its end even when no later spike has
             arrived yet; spikes arriving later than that are late (dropped and counted). ``"auto"``

@@ -59,9 +59,7 @@ def test_node_publishes_one_sample_per_chunk_equal_to_offline_forward(form, sim_
     procs.append(lh.start_sim(name, form=form, duration=40))
     rec = lh.Recorder(spikes=lh.open_inlet(name))  # subscribed before the node: sees every spike it sees
     # clocksync=false: the node keeps the sender's timestamps, exactly like this recorder (proc_none)
-    # clock_lag=off: chunks close on the data alone, so that no spike can be late on a loaded machine
-    extra = ["--telemetry", "--json-summary", "--source-opt", "clocksync=false", "--source-opt", "idle_delay=0.5",
-             "--source-opt", "clock_lag=off"]
+    extra = ["--telemetry", "--json-summary", "--source-opt", "clocksync=false", "--source-opt", "idle_delay=0.5"]
     if form == "events":
         extra += ["--duration", "3"]
     node = lh.start(_node_args(name, sim_checkpoint, out, *extra))

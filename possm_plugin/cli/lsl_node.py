@@ -220,7 +220,6 @@ def run(args: argparse.Namespace) -> int:
         if not src_opts.get("name") and not src_opts.get("predicate"):
             raise ConfigError("say which LSL stream to decode: --inlet NAME (or --predicate \"type='Spikes'\")")
         src_opts.setdefault("resolve_timeout", args.resolve_timeout)
-        src_opts.setdefault("clock_lag", "auto")  # event streams: close chunks by the clock (see docs/lsl.md, Latency)
     source = _make("source", args.source, src_opts)
     try:
         source.connect(timeout=args.resolve_timeout)
