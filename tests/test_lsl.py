@@ -332,13 +332,18 @@ def test_sorted_units_and_waveform_fields_of_spike_events():
         src.disconnect()
 
 
-def test_idle_watermark_decodes_silence_but_waits_for_a_stalled_sender():
-    name = lh.unique("idle")
+def _event_outlet(name: str, n_units: int = 4) -> pylsl.StreamOutlet:
+    """A spike-event outlet (irregular rate, [channel, unit]) with units u0..u{n-1}."""
     info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", "sid-" + name)
     chans = info.desc().append_child("channels")
-    for i in range(4):
+    for i in range(n_units):
         chans.append_child("channel").append_child_value("label", f"u{i}")
-    outlet = pylsl.StreamOutlet(info)
+    return pylsl.StreamOutlet(info)
+
+
+def test_idle_watermark_decodes_silence_but_waits_for_a_stalled_sender():
+    name = lh.unique("idle")
+    outlet = _event_outlet(name)
     src = LSLSource(name, resolve_timeout=10, idle_delay=0.02, clocksync=False).connect()
     try:
         src.acquire(0.0)
@@ -381,11 +386,7 @@ def test_clock_lag_auto_closes_chunks_by_the_clock_and_follows_the_senders_delay
     """clock_lag="auto": while data flow, the watermark trails the clock by a lag learnt from the
     arrival delays, short for a sender pushing every millisecond, long for one pushing in 30 ms batches."""
     name = lh.unique("clocklag")
-    info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", "sid-" + name)
-    chans = info.desc().append_child("channels")
-    for i in range(4):
-        chans.append_child("channel").append_child_value("label", f"u{i}")
-    outlet = pylsl.StreamOutlet(info)
+    outlet = _event_outlet(name)
     src = LSLSource(name, resolve_timeout=10, idle_delay=0.5, clock_lag="auto", clocksync=False).connect()
     try:
         src.acquire(0.0)
