@@ -77,7 +77,9 @@ def _can_cache() -> bool:
 
 
 if njit is not None:
-    _jit = njit(cache=_can_cache(), fastmath=_FM, nogil=True)
+    # error_model="numpy": a float division by zero gives inf/nan instead of raising (the Python check
+    # in every division stops its loop from vectorising); the code guards its own divisions
+    _jit = njit(cache=_can_cache(), fastmath=_FM, nogil=True, error_model="numpy")
 
     @_jit
     def _t(P, M, i):
@@ -126,46 +128,53 @@ if njit is not None:
         return out
 
     @intrinsic
-    def _bits_to_float(typingctx, x):
-        """The int32 ``x``'s bits read as a float32 (for 2**n in :func:`_exp`)."""
+    def _bits_to_double(typingctx, x):
+        """The int64 ``x``'s bits read as a float64 (for 2**n in :func:`_exp64`)."""
         def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
+            return builder.bitcast(args[0], ir.DoubleType())
 
-        return types.float32(types.int32), codegen
+        return types.float64(types.int64), codegen
 
     # Elementwise functions written without libm calls, so that loops over them vectorise (libm's
-    # expf/tanhf/erff are scalar calls here, ~5-10 ns each: at o-POSSM sizes tens of thousands per chunk).
+    # expf/tanhf/erff are scalar calls here, ~5-10 ns each: at o-POSSM sizes tens of thousands per
+    # chunk). They work in float64 inside, so their float32 results are rounded once, as libm's are.
+    @_jit
+    def _exp64(x):
+        """exp of a float64 x in [-708, 709], relative error ~1e-10 (2**n * Taylor(9) on |f| <= ln2/2)."""
+        x = min(max(x, -708.0), 709.0)
+        n = np.rint(x * 1.4426950408889634)
+        f = x - n * 0.6931471803691238 - n * 1.9082149292705877e-10  # ln 2 as hi + lo
+        p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6 + f * (1.0 / 24 + f * (1.0 / 120 + f * (
+            1.0 / 720 + f * (1.0 / 5040 + f * (1.0 / 40320 + f * (1.0 / 362880)))))))))
+        return p * _bits_to_double((np.int64(n) + np.int64(1023)) << np.int64(52))
+
     @_jit
     def _exp(x):
-        """exp of a float32, within 3e-7 relative (2-3 ulp) for |x| < 87; 2**n * Taylor(7) on |f| <= ln2/2."""
-        x = min(max(x, np.float32(-87.0)), np.float32(88.0))
-        n = np.float32(np.rint(x * np.float32(1.4426950408889634)))
-        f = x - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)  # ln 2 as hi + lo
-        p = np.float32(1.0) + f * (np.float32(1.0) + f * (np.float32(0.5) + f * (np.float32(1.0 / 6) + f * (
-            np.float32(1.0 / 24) + f * (np.float32(1.0 / 120) + f * (np.float32(1.0 / 720) + f * np.float32(1.0 / 5040)))))))
-        return p * _bits_to_float((np.int32(n) + np.int32(127)) << np.int32(23))
+        """exp of a float32 (0 below -708)."""
+        return np.float32(_exp64(np.float64(x))) if x > -708.0 else np.float32(0.0)
 
     @_jit
     def _sigmoid(x):
-        return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
+        return np.float32(1.0) / np.float32(1.0 + _exp64(-np.float64(x)))
 
     @_jit
     def _tanh(x):
-        """tanh = 2 sigmoid(2x) - 1: absolute error below 3e-7."""
-        return np.float32(2.0) / (np.float32(1.0) + _exp(np.float32(-2.0) * x)) - np.float32(1.0)
-
-    @_jit
-    def _erf(x):
-        """Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7."""
-        a = abs(x)
-        t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.3275911) * a)
-        y = np.float32(1.0) - t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (
-            np.float32(1.421413741) + t * (np.float32(-1.453152027) + t * np.float32(1.061405429))))) * _exp(-a * a)
-        return y if x >= 0 else -y
+        """tanh = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|); 1 - e in float64: no cancellation near 0."""
+        e = _exp64(-2.0 * abs(np.float64(x)))
+        t = np.float32(1.0 - e) / np.float32(1.0 + e)
+        return t if x >= 0 else -t
 
     @_jit
     def _gelu(x):
-        return np.float32(0.5) * x * (np.float32(1.0) + _erf(x * np.float32(0.7071067811865476)))
+        """Exact (erf) GELU, x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2; erfc by the Chebyshev fit of
+        Numerical Recipes (relative error below 1.2e-7 everywhere), in float64."""
+        xd = np.float64(x)
+        z = abs(xd) * 0.7071067811865476
+        t = 1.0 / (1.0 + 0.5 * z)
+        r = t * _exp64(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+            -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+        phi = 0.5 * r if xd < 0 else 1.0 - 0.5 * r
+        return np.float32(xd * phi)
 
     @_jit
     def _add_ffn(x, P, M, t_in_w, eps, half):
@@ -204,6 +213,8 @@ if njit is not None:
                 if not mask[b, t]:
                     continue
                 u = units[b, t]
+                if u < 0 or u >= table.shape[0]:  # no bounds checks in compiled code: refuse, do not read astray
+                    raise IndexError("unit row out of the table")
                 for k in range(nk):
                     base = k * f
                     s = table[u, base + 2 * r]
@@ -270,6 +281,8 @@ if njit is not None:
                 for j in range(2 * hd):
                     kv[s, j] += kvb[s, j]
             sess = session[b]
+            if sess < 0 or sess >= sq.shape[0]:
+                raise IndexError("session row out of the table")
             for hh in range(heads):
                 mx = -np.inf
                 for s in range(kk):
@@ -347,7 +360,9 @@ if njit is not None:
                         new[b, i, hh, q, 0] = nr
                         new[b, i, hh, q, 1] = ni
                         yv += nr * c_re[hh, q] + ni * c_im[hh, q]
-                    g_in[b, hh] = _gelu(yv + uu * dv[hh])
+                    g_in[b, hh] = yv + uu * dv[hh]
+                for hh in range(hid):  # a loop of its own: it vectorises
+                    g_in[b, hh] = _gelu(g_in[b, hh])
             g = _lin(g_in, _t(P, M, t0 + 7), _t(P, M, t0 + 8))
             for b in range(bsz):
                 for hh in range(hid):
@@ -382,7 +397,9 @@ if njit is not None:
                             new_conv[b, i, j, q - 1] = w
                     if kc > 0:
                         new_conv[b, i, j, kc - 1] = xin
-                    u[b, j] = c * _sigmoid(c)
+                    u[b, j] = c
+                for j in range(di):  # SiLU, in a loop of its own: it vectorises
+                    u[b, j] = u[b, j] * _sigmoid(u[b, j])
             dbc = _lin(u, _t(P, M, t0 + 4), _t(P, M, t0 + 5))
             dtin = np.ascontiguousarray(dbc[:, :dr])
             dt = _lin(dtin, _t(P, M, t0 + 6), _t(P, M, t0 + 7))
@@ -390,15 +407,19 @@ if njit is not None:
             dv = _t(P, M, t0 + 9)[0]
             for b in range(bsz):
                 for j in range(di):
-                    dtj = _softplus(dt[b, j])
+                    dt[b, j] = _softplus(dt[b, j])
+                for j in range(di):
+                    dtj = dt[b, j]
                     du = dtj * u[b, j]
                     acc = np.float32(0.0)
                     for q in range(ds):
                         s = _exp(dtj * a[j, q]) * ssm[b, i, j, q] + du * dbc[b, dr + q]
                         new_ssm[b, i, j, q] = s
                         acc += s * dbc[b, dr + ds + q]
+                    yv[b, j] = acc + dv[j] * u[b, j]
+                for j in range(di):  # the SiLU gate, vectorised
                     z = xz[b, di + j]
-                    yv[b, j] = (acc + dv[j] * u[b, j]) * (z * _sigmoid(z))
+                    yv[b, j] *= z * _sigmoid(z)
             g = _lin(yv, _t(P, M, t0 + 10), _t(P, M, t0 + 11))
             h += g
         return _layernorm(h, _t(P, M, _T_NORM_W), _t(P, M, _T_NORM_B), E[_E_NORM]), new_conv, new_ssm

@@ -108,6 +108,20 @@ def test_numpy_step_equals_model_step(backbone, extra, engine):
     assert np.abs(b).max() > 1e-3  # not a trivially zero output
 
 
+def test_numba_step_refuses_rows_outside_its_tables():
+    """Compiled code has no bounds checks: a unit or session row outside the tables is an error, not a
+    read of whatever memory lies there."""
+    m = make_tiny_model("gru", n_units=8)
+    eng = NumbaStep.from_model(m)
+    n_rows = m.unit_emb.weight.shape[0]
+    state = tuple(x.numpy() for x in m.initial_state(1))
+    ok = (np.array([[1, 2]]), np.zeros((1, 2), np.float32), np.ones((1, 2), bool))
+    eng.step(*ok, np.array([0]), state)
+    for units, sess in (([[1, n_rows]], [0]), ([[-1, 2]], [0]), ([[1, 2]], [m.session_emb.weight.shape[0]])):
+        with pytest.raises(IndexError, match="out of the table"):
+            eng.step(np.array(units), ok[1], ok[2], np.array(sess), state)
+
+
 def test_numpy_step_copies_weights_and_is_rebuilt():
     m = make_tiny_model("mamba", n_units=8)
     eng = NumpyStep.from_model(m)

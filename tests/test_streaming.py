@@ -89,7 +89,9 @@ def test_streaming_equals_offline_for_any_batching(seed, max_batch, lag):
         i = j
     preds += dec.advance(float(t[-1]))
     offline = dec.decode_offline(ch, t, t0=dec.t0(), n_chunks=len(preds))
-    np.testing.assert_allclose(np.stack([p.values for p in preds]), offline, rtol=0, atol=1e-5)
+    # outputs reach ~10 after target_scale (20): float32 rounding of two different operation orders over
+    # 40 chunks is a few ulps of that (~1e-6 each), so a relative term joins the absolute one
+    np.testing.assert_allclose(np.stack([p.values for p in preds]), offline, rtol=2e-6, atol=1e-5)
     assert dec.stats.spikes_late == 0
 
 
