@@ -28,7 +28,7 @@ import numpy as np
 
 from .fast_numpy import NumpyStep, numpy_step_supported
 
-__all__ = ["NumbaStep", "numba_available", "warm_up"]
+__all__ = ["NumbaStep", "numba_available", "warm_up", "cache_directory"]
 
 log = logging.getLogger("possm_plugin.fast_numba")
 
@@ -79,7 +79,8 @@ def _can_cache() -> bool:
 if njit is not None:
     # error_model="numpy": a float division by zero gives inf/nan instead of raising (the Python check
     # in every division stops its loop from vectorising); the code guards its own divisions
-    _jit = njit(cache=_can_cache(), fastmath=_FM, nogil=True, error_model="numpy")
+    _CACHE = _can_cache()
+    _jit = njit(cache=_CACHE, fastmath=_FM, nogil=True, error_model="numpy")
 
     @_jit
     def _t(P, M, i):
@@ -488,8 +489,10 @@ class NumbaStep:
     def prepare(self, state: tuple[np.ndarray, ...]) -> float:
         """Compile this step (or load it from Numba's cache) now, with one throwaway step on a blank chunk
         from ``state`` (one stream's initial state), so that no live chunk pays for it; returns seconds."""
+        global _ANNOUNCED
         fn = (_step_gru, _step_s4d, _step_mamba)[self.kind]
-        if not _is_cached(fn):
+        if not _ANNOUNCED and not _is_cached(fn):
+            _ANNOUNCED = True
             log.info("compiling the inference step (the first run after an install or upgrade; ~10-30 s, then cached)")
         t = time.perf_counter()
         self.step(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.float32), np.ones((1, 1), bool), np.zeros(1, np.int64), state)
@@ -591,6 +594,19 @@ class NumbaStep:
                                               hist, seen_i)
             new_bb = (conv, ssm)
         return out, (*new_bb, ctx, seen + 1)
+
+
+_ANNOUNCED = False  # the "compiling" message is logged once per process
+
+
+def cache_directory() -> str | None:
+    """Where Numba keeps the compiled step (None: no writable cache, compiled in each process)."""
+    if njit is None or not _CACHE:
+        return None
+    try:
+        return str(_step_gru._cache._cache_path)
+    except Exception:  # noqa: BLE001 - Numba internals
+        return None
 
 
 def _is_cached(dispatcher) -> bool:

@@ -27,3 +27,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import possm_plugin
   $PY -m pip install -q --no-deps "timeflux==0.17.2"
   echo "$want" > "$stamp"
 fi
+# compile the CPU inference step once (Numba caches it; a no-op when the cache is current)
+$PY -m possm_plugin.cli.main compile >&2 || echo "setup: the compiled engine is unavailable; decoders use NumPy" >&2

@@ -89,3 +89,18 @@ def test_simulate_writes_sessions_that_match_the_stream_units(tmp_path, capsys):
 def test_simulate_needs_out_or_lsl(capsys):
     assert main(["simulate"]) == 1
     assert "--out DIR" in capsys.readouterr().err
+
+
+def test_compile_prepares_the_compiled_step_and_says_where_it_is_cached(capsys, monkeypatch):
+    from pathlib import Path
+
+    import possm_plugin.fast_numba as fast_numba
+
+    assert main(["compile", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["available"] is True and d["error"] is None and d["seconds"] >= 0
+    cache = Path(d["cache"])
+    assert cache.is_dir() and any(p.name.startswith("fast_numba._step_gru") for p in cache.iterdir())
+    monkeypatch.setattr(fast_numba, "numba_available", lambda: False)  # an install without Numba
+    assert main(["compile"]) == 1
+    assert "Numba is not available" in capsys.readouterr().out

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "plugins": ".plugins",
     "demo": ".demo",
     "pretrain": ".pretrain",
+    "compile": ".compile",
 }
 
 
