@@ -436,8 +436,8 @@ class LSLSource(SpikeSource):
 
     def _observe_delay(self, delay: float, now: float) -> None:
         """Track the largest arrival delay per 1 s bucket (the lag of ``clock_lag="auto"``)."""
-        if not (0.0 <= delay < self.max_future):
-            delay = 0.0 if not np.isfinite(delay) or delay < 0 else min(delay, self.idle_delay)
+        if not (np.isfinite(delay) and delay >= 0.0):  # a bogus timestamp; a huge delay is capped by watermark_lag
+            delay = 0.0
         if self._delay_since is None:
             self._delay_since = self._delay_t = now
         elif now - self._delay_t >= 1.0:

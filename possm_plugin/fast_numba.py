@@ -14,8 +14,9 @@ memory each chunk).
   the compiled call takes a handful of arguments, so its dispatch stays ~2 microseconds.
 - Compiled on first use and cached on disk (Numba's ``cache=True``: beside this file when it is
   writable, else in Numba's per-user cache directory); the first use in a fresh install compiles for
-  ~10-30 s, later processes load the cache in well under a second. :func:`warm_up` compiles ahead of time
-  (the CLIs call it before they connect, so compilation never delays a live chunk).
+  ~10-30 s, later processes load the cache in well under a second. :meth:`NumbaStep.from_model`
+  compiles (or loads) before it returns, so a decoder never compiles on a live chunk;
+  :func:`warm_up` (``possm compile``) does it for every backbone ahead of time.
 - Without Numba (an unusual install) :func:`numba_available` is False and the decoder uses NumPy.
 """
 
@@ -33,29 +34,28 @@ __all__ = ["NumbaStep", "numba_available", "warm_up", "cache_directory"]
 log = logging.getLogger("possm_plugin.fast_numba")
 
 try:  # pragma: no cover - exercised by whichever branch the install has
-    import numba
     from llvmlite import ir
     from numba import njit, types
     from numba.extending import intrinsic
 
     _NUMBA_ERROR: str | None = None
 except Exception as exc:  # noqa: BLE001 - any failure to import means "not available"
-    numba = njit = ir = types = intrinsic = None
+    njit = ir = types = intrinsic = None
     _NUMBA_ERROR = f"{type(exc).__name__}: {exc}"
 
-# fast-math without 'nnan'/'ninf' (masked attention scores are -inf) and without 'afn' (exact exp/tanh/erf)
+# fast-math without 'nnan'/'ninf' (masked attention scores are -inf) and without 'afn' (no approximate libm)
 _FM = {"nsz", "arcp", "contract", "reassoc"}
 
 _GRU, _S4D, _MAMBA = 0, 1, 2
 # int hyper-parameters (I): positions
-(_I_HEADS, _I_D, _I_R, _I_NLAT, _I_K, _I_NS, _I_DIM, _I_LAYERS, _I_HID, _I_DI, _I_DS, _I_DR, _I_DCONV,
- _I_EHALF, _I_DHALF, _I_OUT, _I_NI) = range(17)
+(_I_HEADS, _I_D, _I_R, _I_NLAT, _I_K, _I_NS, _I_DIM, _I_DS, _I_DR, _I_EHALF, _I_DHALF, _I_NI) = range(12)
 # tensors (M rows) shared by all backbones; the backbone's layers follow from _T_LAYERS
-(_T_TABLE, _T_OMEGA, _T_ENC_OUT_W, _T_ENC_OUT_B, _T_LATENT, _T_EFFN_IN_W, _T_EFFN_IN_B, _T_EFFN_OUT_W,
+(_T_TABLE, _T_ENC_OUT_W, _T_ENC_OUT_B, _T_LATENT, _T_EFFN_IN_W, _T_EFFN_IN_B, _T_EFFN_OUT_W,
  _T_EFFN_OUT_B, _T_DEC_KV_W, _T_DEC_KV_B, _T_SESS_Q, _T_SESS_X, _T_DEC_OUT_W, _T_DEC_OUT_B, _T_DFFN_IN_W,
  _T_DFFN_IN_B, _T_DFFN_OUT_W, _T_DFFN_OUT_B, _T_READ_W, _T_READ_B, _T_NORM_W, _T_NORM_B, _T_PROJ_W,
- _T_PROJ_B, _T_LAYERS) = range(26)
-_STRIDE = {_GRU: 4, _S4D: 9, _MAMBA: 12}
+ _T_PROJ_B, _T_LAYERS) = range(25)
+# tensors per layer of each backbone (its layer i starts at _T_LAYERS + stride * i)
+_GRU_STRIDE, _S4D_STRIDE, _MAMBA_STRIDE = 4, 9, 12
 # float hyper-parameters (E): LayerNorm epsilons
 _E_EFFN, _E_DNORM, _E_DFFN, _E_NORM, _E_LAYERS = range(5)
 
@@ -321,7 +321,7 @@ if njit is not None:
         bsz, layers, n = hs.shape
         new = np.empty_like(hs)
         for i in range(layers):
-            t0 = _T_LAYERS + 4 * i
+            t0 = _T_LAYERS + _GRU_STRIDE * i
             h = np.ascontiguousarray(hs[:, i])
             gi = _lin(x, _t(P, M, t0), _t(P, M, t0 + 1))
             gh = _lin(h, _t(P, M, t0 + 2), _t(P, M, t0 + 3))
@@ -344,7 +344,7 @@ if njit is not None:
         h = _lin(x, _t(P, M, _T_PROJ_W), _t(P, M, _T_PROJ_B))
         g_in = np.empty((bsz, hid), np.float32)
         for i in range(layers):
-            t0 = _T_LAYERS + 9 * i
+            t0 = _T_LAYERS + _S4D_STRIDE * i
             u = _layernorm(h, _t(P, M, t0), _t(P, M, t0 + 1), E[_E_LAYERS + i])
             a_re, a_im = _t(P, M, t0 + 2), _t(P, M, t0 + 3)
             c_re, c_im = _t(P, M, t0 + 4), _t(P, M, t0 + 5)
@@ -384,7 +384,7 @@ if njit is not None:
         u = np.empty((bsz, di), np.float32)
         yv = np.empty((bsz, di), np.float32)
         for i in range(layers):
-            t0 = _T_LAYERS + 12 * i
+            t0 = _T_LAYERS + _MAMBA_STRIDE * i
             xz = _lin(_standardize(h, E[_E_LAYERS + i]), _t(P, M, t0), _t(P, M, t0 + 1))
             cw, cb = _t(P, M, t0 + 2), _t(P, M, t0 + 3)
             for b in range(bsz):
@@ -507,7 +507,6 @@ class NumbaStep:
         pk = _Packer()
         dim = ns.latent.shape[1]
         pk.add(ns.unit_table)
-        pk.add(ns.omega)
         pk.add(ns.enc_out[0]), pk.add(ns.enc_out[1])
         pk.add(ns.latent)
         ef = ns.enc_ffn
@@ -524,29 +523,27 @@ class NumbaStep:
         pk.add(ns.readout[0]), pk.add(ns.readout[1], n_out)
         bb = ns.backbone
         eps = [ef.ln.eps_f, ns.dec_norm.eps_f, df.ln.eps_f, 1e-5]
-        ints = dict(di=0, ds=0, dr=0, dconv=0)
+        ds = dr = 0
         if isinstance(bb, NpGRU):
             self.kind = _GRU
             pk.add(None), pk.add(None), pk.add(None), pk.add(None)  # no final norm, no input projection
             for w_ih, b_ih, w_hh, b_hh in bb.layers:
                 pk.add(w_ih), pk.add(b_ih), pk.add(w_hh), pk.add(b_hh)
-            n_layers, hidden = len(bb.layers), bb.hidden
         elif isinstance(bb, NpS4D):
             self.kind = _S4D
             pk.add(bb.norm.w), pk.add(bb.norm.b), pk.add(bb.proj[0]), pk.add(bb.proj[1], bb.proj[0].shape[1])
             eps[_E_NORM] = bb.norm.eps_f
-            for ln, abar, cvec, d_skip, out, hdim in bb.layers:
+            for ln, abar, cvec, d_skip, out, _ in bb.layers:
                 pk.add(ln.w), pk.add(ln.b)
                 pk.add(np.ascontiguousarray(abar.real)), pk.add(np.ascontiguousarray(abar.imag))
                 pk.add(np.ascontiguousarray(cvec[:, 0::2])), pk.add(np.ascontiguousarray(cvec[:, 1::2]))
                 pk.add(d_skip), pk.add(out[0]), pk.add(out[1], out[0].shape[1])
                 eps.append(ln.eps_f)
-            n_layers, hidden = len(bb.layers), bb.layers[0][5]
         else:
             self.kind = _MAMBA
             pk.add(bb.norm.w), pk.add(bb.norm.b), pk.add(bb.proj[0]), pk.add(bb.proj[1], bb.proj[0].shape[1])
             eps[_E_NORM] = bb.norm.eps_f
-            for ln, in_proj, conv_w, conv_b, x_proj, dt_proj, a, d_skip, out_proj, di, ds, dr in bb.blocks:
+            for ln, in_proj, conv_w, conv_b, x_proj, dt_proj, a, d_skip, out_proj, _, ds, dr in bb.blocks:
                 pk.add(in_proj[0]), pk.add(in_proj[1])
                 pk.add(conv_w), pk.add(conv_b)
                 pk.add(x_proj[0]), pk.add(x_proj[1], x_proj[0].shape[1])
@@ -554,21 +551,15 @@ class NumbaStep:
                 pk.add(a), pk.add(d_skip)
                 pk.add(out_proj[0]), pk.add(out_proj[1], out_proj[0].shape[1])
                 eps.append(ln.eps_f)
-                ints.update(di=di, ds=ds, dr=dr, dconv=conv_w.shape[1])
-            n_layers, hidden = len(bb.blocks), bb.proj[0].shape[1]
         self.P, self.M = pk.build()
         ints_arr = np.zeros(_I_NI, np.int64)
         for pos, v in ((_I_HEADS, ns.heads), (_I_D, ns.d), (_I_R, ns.r), (_I_NLAT, ns.n_lat), (_I_K, k),
-                       (_I_NS, ns.n_score), (_I_DIM, dim), (_I_LAYERS, n_layers), (_I_HID, hidden),
-                       (_I_DI, ints["di"]), (_I_DS, ints["ds"]), (_I_DR, ints["dr"]), (_I_DCONV, ints["dconv"]),
-                       (_I_EHALF, ef.half), (_I_DHALF, df.half), (_I_OUT, n_out)):
+                       (_I_NS, ns.n_score), (_I_DIM, dim), (_I_DS, ds), (_I_DR, dr), (_I_EHALF, ef.half), (_I_DHALF, df.half)):
             ints_arr[pos] = v
         self.I = ints_arr
         self.E = np.asarray(eps, np.float32)
         self.slots = np.ascontiguousarray(ns.slot_offsets, np.int64)
-        self.omega = ns.omega
-        self.n_lat, self.k, self.heads, self.d = ns.n_lat, k, ns.heads, ns.d
-        self.nbytes = int(self.P.nbytes)
+        self.omega = ns.omega  # the rotary angles are computed before the compiled call (NumPy's SIMD cos/sin)
 
     def step(self, units: np.ndarray, times: np.ndarray, mask: np.ndarray, session: np.ndarray,
              state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:

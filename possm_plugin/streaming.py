@@ -391,10 +391,9 @@ class StreamingDecoder:
     # -- decoding --------------------------------------------------------------------------
     def ready(self, watermark: float, *, stream: int = 0) -> int:
         """How many chunks of ``stream`` a watermark would complete."""
-        st = self.streams[stream]
-        if st.t0 is None:
+        end0 = self.next_chunk_end(stream)
+        if end0 is None:
             return 0
-        end0 = st.t0 + st.next_chunk * self.chunk_step + self.chunk_width
         eps = 1e-6  # a watermark computed another way (t + w, k * dt) may miss a chunk end by an ulp
         if watermark < end0 - eps:
             return 0
@@ -464,8 +463,7 @@ class StreamingDecoder:
             st = self.streams[s]
             if wm is None or st.t0 is None or st.last_watermark is None or self._prewarmed.get(s) == st.next_chunk:
                 continue
-            end = st.t0 + st.next_chunk * self.chunk_step + self.chunk_width
-            if st.last_watermark >= end - self.prewarm:
+            if st.last_watermark >= self.next_chunk_end(s) - self.prewarm:
                 self._prewarmed[s] = st.next_chunk
                 self._throwaway_step(s)
                 return  # one per call: the caches are warm for every stream
