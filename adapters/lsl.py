@@ -29,8 +29,10 @@ decoding starts on fresh data.
 
 Timestamps: the inlet uses ``proc_clocksync`` (sample times are mapped onto this machine's
 ``local_clock()``), never dejitter for irregular streams (``dejitter=True`` adds it for regular
-streams). Pulls are short and blocking (``pull_chunk(timeout, min_samples=1)``): they return as soon
-as one sample is there.
+streams). Each new clock-offset estimate moves the mapped times by a few microseconds, so bins of a
+binned stream are put back on their grid (:meth:`LSLSource._bin_starts`): a chunk closes with the
+sample of its last bin, not a bin later. Pulls are short and blocking (``pull_chunk(timeout,
+min_samples=1)``): they return as soon as one sample is there.
 
 Watermark (the time up to which everything has been delivered): the latest timestamp delivered (the
 end of the latest bin for binned streams), ignoring timestamps more than ``max_future`` (5 s) ahead
@@ -91,6 +93,7 @@ __all__ = [
 log = logging.getLogger("possm_plugin.adapters.lsl")
 
 FORMS = ("auto", "events", "binned")
+BIN_SNAP = 0.25  # binned: bin starts this close to the bin grid (fraction of a bin) are put on it
 #: channels of the telemetry outlet (label, unit)
 TELEMETRY_CHANNELS = (("compute_ms", "ms"), ("publish_ms", "ms"), ("n_spikes", "count"), ("chunk_index", "index"))
 _FIELD_LABELS = {"channel", "chan", "ch", "electrode", "unit"}
@@ -256,6 +259,7 @@ class LSLSource(SpikeSource):
         self._inlet: pylsl.StreamInlet | None = None
         self._pair_table: np.ndarray | None = None
         self._wm: float | None = None
+        self._bin0: float | None = None  # binned: a bin start that anchors the bin grid (see _bin_starts)
         self._last_data = 0.0
         self._last_retry = 0.0
         self._fresh = False
@@ -355,6 +359,7 @@ class LSLSource(SpikeSource):
                 pass
         self._inlet = None
         self._wm = None
+        self._bin0 = None
 
     # -- clock ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -400,7 +405,7 @@ class LSLSource(SpikeSource):
         self._last_data = now
         if self.lost:
             self.lost = False
-            self._wm = None  # follow the returning stream's clock
+            self._wm = self._bin0 = None  # follow the returning stream's clock
             log.warning("LSL stream %r is back; decoding resumes", self.info.name() if self.info else self.predicate)
         if self.form == "binned":
             return self._binned(data, ts)
@@ -477,13 +482,16 @@ class LSLSource(SpikeSource):
             self.bad_values += int(bad.sum())
             counts = np.where(bad, 0.0, counts)
         k = np.rint(counts).astype(np.int64).reshape(-1)
-        starts = np.asarray(ts, dtype=np.float64) - (w if self.bin_stamp == "end" else 0.0)
+        starts = self._bin_starts(np.asarray(ts, dtype=np.float64) - (w if self.bin_stamp == "end" else 0.0), w)
+        lo = starts
+        if self._wm is not None:  # a bin that straddles the watermark already given keeps its part after it
+            lo = np.where((starts < self._wm) & (starts + w > self._wm), self._wm, starts)
         total = int(k.sum())
         if total:
             flat = np.repeat(np.arange(n * c), k)
             pos = np.arange(total) - np.repeat(np.cumsum(k) - k, k)
-            kk = k[flat]
-            times = starts[flat // c] + (pos + 0.5) * (w / kk)
+            kk, b = k[flat], flat // c
+            times = lo[b] + (pos + 0.5) * ((starts[b] + w - lo[b]) / kk)
             chans = (flat % c).astype(np.float64)
         else:
             times, chans = np.zeros(0), np.zeros(0)
@@ -495,6 +503,32 @@ class LSLSource(SpikeSource):
         batch = SpikeBatch(chans, times, self._wm)
         batch.start = float(starts[0])  # the first bin's start: anchors the chunk grid on bin edges
         return batch
+
+    def _bin_starts(self, starts: np.ndarray, w: float) -> np.ndarray:
+        """Bin starts put back on the stream's bin grid. Clock sync maps every timestamp with the latest
+        clock-offset estimate, and each new estimate moves them by a few microseconds (+-4 us on one
+        machine, more across a network). A bin that ends 3 us before a chunk's end would then leave the
+        chunk open until the next bin arrives: a whole bin of latency, for as long as that estimate
+        lasts. So a start within ``BIN_SNAP`` of a bin width from the grid (anchored on the first bin)
+        is moved onto it, exactly. Beyond that (clocks that drift apart, a sender that skips), the grid
+        re-anchors on that bin (and :meth:`_binned` keeps a bin that then straddles the watermark
+        already given to its part after it, so that its spikes are not late)."""
+        if not len(starts) or not np.isfinite(starts).all():
+            return starts
+        if self._bin0 is None:
+            self._bin0 = float(starts[0])
+        grid = self._bin0 + np.rint((starts - self._bin0) / w) * w
+        near = np.abs(starts - grid) <= BIN_SNAP * w
+        if near.all():
+            return grid
+        out = starts.copy()
+        for i in range(len(out)):  # rare: re-anchor the grid at each bin that is off it
+            g = self._bin0 + round((out[i] - self._bin0) / w) * w
+            if abs(out[i] - g) <= BIN_SNAP * w:
+                out[i] = g
+            else:
+                self._bin0 = float(out[i])
+        return out
 
     def _mark_lost(self, why: str) -> None:
         if not self.lost:

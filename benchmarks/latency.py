@@ -21,17 +21,23 @@
    step 1.5 ms before each chunk's end, see ``StreamingDecoder``).
 2. ``lsl_end_to_end_ms``: a sender process pushes 96 units x 20 Hz Poisson spikes over LSL in real
    time (1 ms ticks paced by deadlines, as a 1 kHz acquisition system) and logs when each push went
-   out; ``possm-lsl`` (small GRU, random weights) decodes them in a second process; this process
-   receives the predictions. Latency = the push of the last spike of a chunk -> its prediction
-   received here, split at the chunk's end: ``before_end_ms`` (last spike pushed -> chunk end: the
-   spikes' share, which no decoder can shorten: at 1920 spikes/s the last 2.4 ms of a chunk hold no
-   spike 1 % of the time) and ``after_end_ms`` (chunk end -> prediction received: closing the chunk,
-   decoding, publishing, transport). ``lsl_end_to_end_ms`` runs the node with its defaults: a chunk
-   closes when the first spike after its end arrives, also split as ``wait_ms`` (until the push
-   that carries it: at 1920 spikes/s a 1 ms tick holds no spike 15 % of the time) and ``node_ms``
-   (that push -> prediction received). ``lsl_end_to_end_clock_ms`` runs it with
-   ``--source-opt clock_lag=auto`` (chunks closed by the clock, see docs/lsl.md). ``--rt-priority N``
-   repeats the first with the three processes under SCHED_FIFO (``lsl_end_to_end_rt_ms``).
+   out; ``possm-lsl`` (small GRU, random weights, its defaults) decodes them in a second process; this
+   process receives the predictions. Latency = the push of the last spike of a chunk -> its prediction
+   received here. The headline stream is **binned** (a 1 kHz regular-rate stream of counts, one
+   channel per unit, every bin sent, as acquisition systems and BRAND's threshold crossings deliver
+   them); ``lsl_end_to_end_events_ms`` is the same with **spike events** (an irregular-rate stream,
+   one sample per spike, only ticks with a spike pushed). Each is split two ways. At the push that
+   tells the node the chunk is complete: ``wait_ms`` (last spike pushed -> that push: binned, the
+   push of the chunk's last bin; events, the push of the first spike after the chunk's end, since an
+   event stream says nothing while no neuron fires: at 1920 spikes/s a 1 ms tick is empty 15 % of
+   the time) and ``node_ms`` (that push -> prediction received, the decoder's and transport's share).
+   At the chunk's end: ``before_end_ms`` (last spike pushed -> chunk end, set by the spikes alone:
+   the last 2 ms of a chunk hold no spike in about 2 % of chunks) and ``after_end_ms`` (chunk end ->
+   prediction received). ``sender_push_interval_ms`` is the time between pushes (binned: every tick,
+   so the sender's own jitter; events: ticks with a spike). ``lsl_end_to_end_clock_ms`` runs the
+   events form with ``--source-opt clock_lag=auto`` (chunks closed by the clock, see docs/lsl.md).
+   ``--rt-priority N`` repeats both forms with the three processes under SCHED_FIFO
+   (``lsl_end_to_end_rt_ms``, ``lsl_end_to_end_events_rt_ms``).
 
 Weights are random (latency does not depend on them). CPU threads of torch and BLAS: ``--threads`` (default 1). The
 machine's load average is printed: other work on the same cores shows in the p99.
@@ -187,48 +193,82 @@ def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, 
 
 
 # -- LSL end to end ---------------------------------------------------------------------------------
-def sender(name: str, duration: float, log_path: str, n_units: int) -> None:
+def sender(name: str, duration: float, log_path: str, n_units: int, form: str = "events") -> None:
     """Push Poisson spikes in real time at 1 kHz (deadline-paced 1 ms ticks, as an acquisition system
-    sends its packets); save (first timestamp, push time, last timestamp) per push."""
+    sends its packets). ``events``: an irregular-rate stream, one sample per spike ``[unit, 0]``
+    stamped with its time. ``binned``: a 1 kHz regular-rate stream, one channel per unit, one sample
+    of counts per 1 ms bin stamped with the bin's end, every bin sent (empty ones too). Saves one row
+    per push that carried a spike (first spike's timestamp, or for binned the start of the first bin
+    with a spike; push time; the last time the push covers: last spike, or end of the last bin) and,
+    for binned, every push (``*_all``), which is what says a chunk is complete."""
     import pylsl
 
-    info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", f"bench-{name}")
+    binned = form == "binned"
+    if binned:
+        info = pylsl.StreamInfo(name, "SpikeCounts", n_units, 1.0 / TICK, "int16", f"bench-{name}")
+    else:
+        info = pylsl.StreamInfo(name, "Spikes", 2, pylsl.IRREGULAR_RATE, "int16", f"bench-{name}")
     chans = info.desc().append_child("channels")
     for i in range(n_units):
         chans.append_child("channel").append_child_value("label", f"bench/u{i:04d}")
     outlet = pylsl.StreamOutlet(info)
     ch, t = poisson(n_units, int(duration / CHUNK) + 1, seed=1)
+    if binned:  # counts per 1 ms bin; a bin's spikes go out at its end
+        n_bins = int(np.ceil(t[-1] / TICK)) + 1
+        counts = np.zeros((n_bins, n_units), np.int16)
+        np.add.at(counts, (np.minimum((t / TICK).astype(np.int64), n_bins - 1), ch), 1)
+        has = counts.any(axis=1)
     outlet.wait_for_consumers(60.0)
     time.sleep(1.0)  # let the node finish connecting
     t0 = pylsl.local_clock()
     t = t + t0
-    i, k, log = 0, 0, []
-    while i < len(t):
+    i, k, log, log_all = 0, 0, [], []
+    n = n_bins if binned else len(t)
+    while i < n:
         now = pylsl.local_clock()
-        j = int(np.searchsorted(t, now, side="right"))
+        if binned:
+            j = min(n, int((now - t0) / TICK))  # bins that have ended
+        else:
+            j = int(np.searchsorted(t, now, side="right"))
         if j > i:
-            x = np.zeros((j - i, 2), np.int16)
-            x[:, 0] = ch[i:j]
-            outlet.push_chunk(x, t[i:j].tolist())
-            log.append((t[i], pylsl.local_clock(), t[j - 1]))
+            if binned:
+                outlet.push_chunk(counts[i:j], (t0 + TICK * np.arange(i + 1, j + 1)).tolist())
+                pushed = pylsl.local_clock()
+                log_all.append((t0 + TICK * i, pushed, t0 + TICK * j))
+                nz = np.flatnonzero(has[i:j])
+                if len(nz):
+                    log.append((t0 + TICK * (i + nz[0]), pushed, t0 + TICK * j))
+            else:
+                x = np.zeros((j - i, 2), np.int16)
+                x[:, 0] = ch[i:j]
+                outlet.push_chunk(x, t[i:j].tolist())
+                log.append((t[i], pylsl.local_clock(), t[j - 1]))
             i = j
         k = max(k + 1, int((now - t0) / TICK))  # the next 1 ms deadline (skipped ones are not made up)
         time.sleep(max(0.0, t0 + k * TICK - pylsl.local_clock()))
     np.save(log_path, np.asarray(log))
+    if binned:
+        np.save(str(log_path).replace(".npy", "_all.npy"), np.asarray(log_all))
 
 
-def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray) -> dict:
+def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray, close_log: np.ndarray | None = None) -> dict:
     """Where the end-to-end time goes, per chunk, cut two ways. ``wait_ms``, from the push of the chunk's
     last spike to the push that carries the first spike after the chunk's end (what tells a node that
     closes chunks on the data that the chunk is complete), and ``node_ms``, from that push to the
-    prediction received. ``before_end_ms``, from the push of the chunk's last spike to the chunk's end
+    prediction received (binned: the push of the chunk's last bin, from ``close_log``, every push).
+    ``before_end_ms``, from the push of the chunk's last spike to the chunk's end
     (set by the spikes alone), and ``after_end_ms``, from the chunk's end to the prediction received
     (the decoder's share). Sender and receiver share this machine's clock."""
     first, pushed, last = push_log[:, 0], push_log[:, 1], push_log[:, 2]
     i = np.searchsorted(first, t_end, side="left") - 1  # the push with the chunk's last spike
-    j = np.searchsorted(last, t_end, side="left")  # the first push reaching past the chunk's end
-    ok = (i >= 0) & (j < len(pushed))
-    return {"wait_ms": pct((pushed[j[ok]] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - pushed[j[ok]]) * 1e3),
+    if close_log is None:  # events: the first push with a spike at or past the chunk's end
+        closing = pushed[np.minimum(np.searchsorted(last, t_end, side="left"), len(pushed) - 1)]
+        ok = (i >= 0) & (np.searchsorted(last, t_end, side="left") < len(pushed))
+    else:  # binned: the push with the bin that ends the chunk (bin and chunk edges agree to ~1e-12 s)
+        j = np.searchsorted(close_log[:, 2], t_end - 1e-6, side="left")
+        closing = close_log[np.minimum(j, len(close_log) - 1), 1]
+        ok = (i >= 0) & (j < len(close_log))
+    return {"wait_ms": pct((closing[ok] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - closing[ok]) * 1e3),
             # the same total cut at the chunk's end instead: before it, the source's share (no decoder can
             # answer before the chunk is over; negative when the last spike went out after the end); after it,
             # the decoder's (closing the chunk, decoding, publishing, transport)
@@ -236,7 +276,7 @@ def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray)
 
 
 def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: int | None = None,
-              node_args: tuple[str, ...] = ()) -> dict:
+              node_args: tuple[str, ...] = (), form: str = "events") -> dict:
     import pylsl
 
     from possm_plugin.checkpoint import save_checkpoint
@@ -255,7 +295,7 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(rt_priority)))
     try:
         procs.append(subprocess.Popen([*rt, sys.executable, __file__, "--role", "sender", "--name", name, "--duration", str(duration),
-                                       "--log", str(log_path), "--units", str(n_units)], env=env))
+                                       "--log", str(log_path), "--units", str(n_units), "--form", form], env=env))
         procs.append(subprocess.Popen([*rt, sys.executable, "-m", "possm_plugin.cli.lsl_node", "--inlet", name, "--outlet", out,
                                        "--checkpoint", str(ck), "--threads", str(threads), "--log-level", "ERROR",
                                        "--resolve-timeout", "60", *node_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -283,13 +323,14 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
             except subprocess.TimeoutExpired:
                 p.kill()
     push_log = np.load(log_path)
+    close_log = np.load(tmp / "push_log_all.npy") if form == "binned" else None
     ts, recv = np.asarray(ts), np.asarray(recv)
     keep = ts > push_log[0, 0] + 0.5  # skip the first half second (start-up)
     e2e = end_to_end_latency(ts[keep], recv[keep], push_log)
     e2e = e2e[np.isfinite(e2e)]
-    tick = pct(np.diff(push_log[:, 1]) * 1e3)
-    return {**pct(e2e), **split_latency(ts[keep], recv[keep], push_log), "sender_push_interval_ms": tick,
-            "rt_priority": int(rt_priority) if rt else None}
+    tick = pct(np.diff((push_log if close_log is None else close_log)[:, 1]) * 1e3)
+    return {**pct(e2e), **split_latency(ts[keep], recv[keep], push_log, close_log), "sender_push_interval_ms": tick,
+            "form": form, "rt_priority": int(rt_priority) if rt else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help=argparse.SUPPRESS)
     p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log", help=argparse.SUPPRESS)
+    p.add_argument("--form", default="events", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role == "sender":
-        sender(args.name, args.duration, args.log, int(args.units))
+        sender(args.name, args.duration, args.log, int(args.units), args.form)
         return 0
     import torch
 
@@ -343,11 +385,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"{e} p50 {v['p50']:.3f} p99 {v['p99']:.3f} ms" for e, v in r.get("engines", {r['engine']: r}).items()), file=sys.stderr)
     if args.profile:
         result["profile_small_gru_96u_ms"] = profile_step()
-    if not args.no_lsl:
-        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads)  # the node's defaults: chunks closed by the data
-        result["lsl_end_to_end_clock_ms"] = bench_lsl(lsl_s, threads=args.threads, node_args=("--source-opt", "clock_lag=auto"))
+    if not args.no_lsl:  # the node's defaults throughout; chunks closed by the data
+        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads, form="binned")
+        result["lsl_end_to_end_events_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events")
+        result["lsl_end_to_end_clock_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events",
+                                                      node_args=("--source-opt", "clock_lag=auto"))
         if args.rt_priority:
-            result["lsl_end_to_end_rt_ms"] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority)
+            for form, key in (("binned", "lsl_end_to_end_rt_ms"), ("events", "lsl_end_to_end_events_rt_ms")):
+                result[key] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority, form=form)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result))
@@ -370,24 +415,27 @@ def table(r: dict) -> str:
             o = v.get("engines", {}).get(e)
             line += f" {o['p50']:15.3f} {o['p50'] / v['p50']:5.1f}x" if o else f" {'-':>15s} {'':>6s}"
         lines.append(line)
-    if "lsl_end_to_end_ms" in r:
-        e = r["lsl_end_to_end_ms"]
-        lines.append(f"LSL end to end (last spike pushed -> prediction received, small GRU, 96 units x 20 Hz), node defaults: "
+    for key, what in (("lsl_end_to_end_ms", "binned 1 kHz counts"), ("lsl_end_to_end_events_ms", "spike events")):
+        if key not in r:
+            continue
+        e = r[key]
+        lines.append(f"LSL end to end ({what}; last spike pushed -> prediction received, small GRU, 96 units x 20 Hz, node defaults): "
                      f"p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']}); waiting for the push that completes the chunk "
                      f"p50 {e['wait_ms']['p50']:.3f} / p99 {e['wait_ms']['p99']:.3f} ms, that push -> prediction received p50 "
                      f"{e['node_ms']['p50']:.3f} / p99 {e['node_ms']['p99']:.3f} ms. Cut at the chunk end instead: last spike "
                      f"pushed -> chunk end p50 {e['before_end_ms']['p50']:.3f} / p99 {e['before_end_ms']['p99']:.3f} ms (the spikes' "
                      f"share), chunk end -> prediction received p50 {e['after_end_ms']['p50']:.3f} / p99 {e['after_end_ms']['p99']:.3f} ms "
-                     f"(sender pushes every {e['sender_push_interval_ms']['p50']:.2f} ms, p99 {e['sender_push_interval_ms']['p99']:.2f})")
+                     f"(pushes {e['sender_push_interval_ms']['p50']:.2f} ms apart, p99 {e['sender_push_interval_ms']['p99']:.2f})")
     if "lsl_end_to_end_clock_ms" in r:
         e = r["lsl_end_to_end_clock_ms"]
-        lines.append(f"LSL end to end, chunks closed by the clock (clock_lag=auto): p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms "
+        lines.append(f"LSL end to end, spike events, chunks closed by the clock (clock_lag=auto): p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms "
                      f"(n={e['n']}); chunk end -> prediction received p50 {e['after_end_ms']['p50']:.3f} / p99 "
                      f"{e['after_end_ms']['p99']:.3f} ms")
-    if r.get("lsl_end_to_end_rt_ms"):
-        e = r["lsl_end_to_end_rt_ms"]
-        how = f"SCHED_FIFO {e['rt_priority']}" if e.get("rt_priority") else "real-time priority not permitted: normal"
-        lines.append(f"LSL end to end, the three processes at {how}: p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']})")
+    for key in ("lsl_end_to_end_rt_ms", "lsl_end_to_end_events_rt_ms"):
+        if r.get(key):
+            e = r[key]
+            how = f"SCHED_FIFO {e['rt_priority']}" if e.get("rt_priority") else "real-time priority not permitted: normal"
+            lines.append(f"LSL end to end, {e['form']}, the three processes at {how}: p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms (n={e['n']})")
     if "profile_small_gru_96u_ms" in r:
         lines.append("where a step goes (small GRU, 96 units, mean ms): " + ", ".join(f"{k} {v:.3f}" for k, v in r["profile_small_gru_96u_ms"].items()))
     return "\n".join(lines)

@@ -431,3 +431,44 @@ def test_clock_lag_option_values():
     for bad in ("soon", -0.001, 2.0, True):
         with pytest.raises(ConfigError, match="clock_lag"):
             LSLSource("x", clock_lag=bad)
+
+
+@pytest.mark.parametrize("drift", [0.0, 40e-6, -40e-6], ids=["jitter", "jitter+drift", "jitter+drift-back"])
+def test_binned_bins_stay_on_their_grid_when_the_clock_offset_estimate_moves(drift):
+    """Clock sync maps each timestamp with the latest offset estimate, which moves by microseconds at
+    each update. A chunk must still close with the batch that carries its last bin, not one bin later,
+    and no spike may land before a watermark already given (late). With clocks that drift apart
+    (``drift`` s per bin, 4 % of a 1 ms bin), the grid re-anchors; still nothing late or lost."""
+    w, n_units, n_bins = 0.001, 4, 1000
+    src = LSLSource("x")
+    src.srate, src.form, src._tc = 1.0 / w, "binned", 0.0
+    dec = StreamingDecoder(make_tiny([f"u{i}" for i in range(n_units)]), session=SESSION, engine="numpy")
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(0.05, size=(n_bins, n_units))
+    counts[::97, 1] = 3  # some bins with several spikes of one unit (spread inside the bin)
+    t0 = pylsl.local_clock() - 2.0
+    offset = rng.choice([-4e-6, -1e-6, 0.0, 2.5e-6], size=n_bins // 100 + 1).repeat(100)[:n_bins]  # one estimate per 100 bins
+    ends = t0 + w * np.arange(1, n_bins + 1) + offset + drift * np.arange(n_bins)
+    closed_with = {}
+    given = -np.inf
+    for b in range(n_bins):  # one bin per pull, as at 1 kHz
+        batch = src._binned(counts[b : b + 1], ends[b : b + 1])
+        if b == 0:
+            dec.advance(batch.start)
+        if len(batch):
+            assert batch.times.min() >= given  # never before the watermark already given
+        dec.push(batch.channels, batch.times)
+        for p in dec.advance(batch.watermark):
+            closed_with[p.chunk_index] = b
+        given = batch.watermark
+    assert dec.stats.spikes_late == 0 and dec.stats.spikes_dropped == 0
+    assert dec.stats.spikes_in == counts.sum()
+    n_chunks = len(closed_with)
+    assert n_chunks >= 19 and sorted(closed_with) == list(range(n_chunks))
+    if drift == 0.0:  # chunk k's last bin is bin 50k + 49: its pull closes it
+        assert closed_with == {k: 50 * k + 49 for k in range(n_chunks)}
+    else:  # bins slide against the chunk grid: a chunk closes with the bin whose end reaches the chunk's end
+        for k, b in closed_with.items():  # (within the snap, a quarter of a bin)
+            end_k = t0 + 0.05 * (k + 1)
+            first = int(np.searchsorted(ends, end_k - 0.25 * w))
+            assert first <= b <= int(np.searchsorted(ends, end_k + 0.25 * w)), (k, b, first)
