@@ -285,7 +285,8 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
     tmp = Path(tempfile.mkdtemp(prefix="possm-bench-"))
     cfg = tmp / "lsl_api.cfg"
     cfg.write_text("[multicast]\nResolveScope = machine\n[log]\nlevel = -2\n")
-    env = dict(os.environ, LSLAPICFG=os.environ.get("LSLAPICFG", str(cfg)))
+    os.environ.setdefault("LSLAPICFG", str(cfg))  # this process too (liblsl reads it at its first use)
+    env = dict(os.environ)
     ck = save_checkpoint(make_model("small", "gru", n_units), tmp / "bench")
     name, out = f"bench-spikes-{os.getpid()}", f"bench-possm-{os.getpid()}"
     log_path = tmp / "push_log.npy"
