@@ -22,6 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="possm-demo", help="directory for demo.png and demo.json")
     p.add_argument("--checkpoint", default=None, help="checkpoint for the decoder (default: the bundled one)")
     p.add_argument("--form", choices=["events", "binned"], default="events", help="spike events or binned counts on the wire")
+    p.add_argument("--bin-rate", type=float, default=100.0, help="bins per second of --form binned")
     p.add_argument("--name", default="spikes", help="LSL name of the simulated spike stream")
     p.add_argument("--labels-name", default="velocity", help="LSL name of the true-velocity stream")
     p.add_argument("--outlet", default="possm", help="LSL name of the decoder's outlet")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"--duration {args.duration!r} must be a positive number of seconds")
-    report = run_demo(duration=args.duration, out_dir=args.out, checkpoint=args.checkpoint, form=args.form, name=args.name,
+    report = run_demo(duration=args.duration, out_dir=args.out, checkpoint=args.checkpoint, form=args.form, bin_rate=args.bin_rate, name=args.name,
                       labels_name=args.labels_name, outlet=args.outlet, start_timeout=args.start_timeout)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
