@@ -262,12 +262,11 @@ def split_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray,
     first, pushed, last = push_log[:, 0], push_log[:, 1], push_log[:, 2]
     i = np.searchsorted(first, t_end, side="left") - 1  # the push with the chunk's last spike
     if close_log is None:  # events: the first push with a spike at or past the chunk's end
-        closing = pushed[np.minimum(np.searchsorted(last, t_end, side="left"), len(pushed) - 1)]
-        ok = (i >= 0) & (np.searchsorted(last, t_end, side="left") < len(pushed))
+        close_pushed, j = pushed, np.searchsorted(last, t_end, side="left")
     else:  # binned: the push with the bin that ends the chunk (bin and chunk edges agree to ~1e-12 s)
-        j = np.searchsorted(close_log[:, 2], t_end - 1e-6, side="left")
-        closing = close_log[np.minimum(j, len(close_log) - 1), 1]
-        ok = (i >= 0) & (j < len(close_log))
+        close_pushed, j = close_log[:, 1], np.searchsorted(close_log[:, 2], t_end - 1e-6, side="left")
+    ok = (i >= 0) & (j < len(close_pushed))
+    closing = close_pushed[np.minimum(j, len(close_pushed) - 1)]
     return {"wait_ms": pct((closing[ok] - pushed[i[ok]]) * 1e3), "node_ms": pct((received[ok] - closing[ok]) * 1e3),
             # the same total cut at the chunk's end instead: before it, the source's share (no decoder can
             # answer before the chunk is over; negative when the last spike went out after the end); after it,

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, PossmError, StreamError
+from .errors import PossmError, StreamError
+from .sim_lsl import check_bin_rate
 
 __all__ = ["run_demo", "end_to_end_latency", "DemoError"]
 
@@ -103,8 +104,7 @@ def run_demo(
     """Run the demo (see the module doc) and return its report (also written to ``out_dir/demo.json``)."""
     import pylsl
 
-    if not (isinstance(bin_rate, (int, float)) and 0 < bin_rate < float("inf")):
-        raise ConfigError(f"bin_rate={bin_rate!r} must be a positive number of bins per second")
+    bin_rate = check_bin_rate(bin_rate)  # here, not in the simulator's process, where it would fail unseen
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     push_log = out / "push_log.npy"
@@ -113,7 +113,7 @@ def run_demo(
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     sim_cmd = [sys.executable, "-m", "possm_plugin.sim_lsl", "--name", name, "--labels-name", labels_name, "--form", form,
-               "--bin-rate", repr(float(bin_rate)),
+               "--bin-rate", repr(bin_rate),
                "--seed", str(seed), "--session-index", str(session_index), "--push-log", str(push_log),
                "--source-id", f"possm-demo-{name}-{os.getpid()}"]
     node_cmd = _node_command() + ["--inlet", name, "--outlet", outlet, "--telemetry", "--json-summary", "--log-level", "WARNING",
@@ -196,7 +196,7 @@ def run_demo(
     report = {
         "duration_s": duration,
         "form": form,
-        "bin_rate_hz": float(bin_rate) if form == "binned" else None,
+        "bin_rate_hz": bin_rate if form == "binned" else None,
         "predictions_received": int(len(p_t)),
         "r2": {"mean": float(np.nanmean(r2)), **{f"r2_{i}": float(x) for i, x in enumerate(r2)}},
         "compute_ms": _pct(tele[:, 0]) if len(tele) else _pct(np.zeros(0)),

@@ -43,7 +43,8 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["SimulatedLSLStream", "stream_simulated_session", "build_parser", "main", "DEFAULT_OFFSET_S", "DEFAULT_SEGMENT_S"]
+__all__ = ["SimulatedLSLStream", "stream_simulated_session", "check_bin_rate", "build_parser", "main", "DEFAULT_OFFSET_S",
+           "DEFAULT_SEGMENT_S"]
 
 log = logging.getLogger("possm_plugin.sim_lsl")
 
@@ -52,6 +53,13 @@ DEFAULT_OFFSET_S = 150.0
 #: segment length that is looped
 DEFAULT_SEGMENT_S = 120.0
 VELOCITY_RATE_HZ = 100.0
+
+
+def check_bin_rate(bin_rate) -> float:
+    """The binned form's rate in Hz, or a ConfigError (not a positive finite number)."""
+    if not (isinstance(bin_rate, (int, float)) and not isinstance(bin_rate, bool) and 0 < bin_rate < math.inf):
+        raise ConfigError(f"bin_rate={bin_rate!r} must be a positive number of bins per second")
+    return float(bin_rate)
 
 
 class SimulatedLSLStream:
@@ -85,8 +93,7 @@ class SimulatedLSLStream:
     ) -> None:
         if form not in ("events", "binned"):
             raise ConfigError(f"form={form!r} must be 'events' or 'binned'")
-        if not (bin_rate > 0 and math.isfinite(bin_rate)):
-            raise ConfigError(f"bin_rate={bin_rate!r} must be a positive number of Hz")
+        check_bin_rate(bin_rate)
         if not (segment >= 5 and offset >= 0):
             raise ConfigError(f"need segment >= 5 s and offset >= 0, got segment={segment!r}, offset={offset!r}")
         if not tick > 0:

@@ -59,13 +59,13 @@ def test_split_latency_attributes_the_wait_to_the_push_that_completes_the_chunk(
 
 def test_split_latency_binned_waits_for_the_push_of_the_chunks_last_bin():
     lat = _latency_module()
-    t0 = 0.123456789  # bin edges as the sender computes them (t0 + k ms): they miss the chunk end by ~1e-16 s
-    edge = [t0 + 0.001 * k for k in range(1000, 1003)]
-    t_end, received = np.array([t0 + 0.05 * 20]), np.array([edge[0] + 0.0010])
+    t_end = np.array([1000.123456789])
+    edge = t_end[0] - 1e-10  # the chunk's last bin ends there: sender (t0 + k ms) and node (t0 + k * 50 ms) round apart
+    received = np.array([edge + 0.0010])
     # pushes that carried a spike (start of the first bin with one, push time, end of the last bin)
-    spikes = np.array([[edge[0] - 0.004, edge[0] - 0.0029, edge[0] - 0.003]])  # the chunk's last spike: 3 bins before its end
+    spikes = np.array([[edge - 0.004, edge - 0.0029, edge - 0.003]])  # the chunk's last spike: 3 bins before its end
     # every push (first bin's start, push time, last bin's end): the empty bins complete the chunk
-    every = np.array([[edge[0] - 0.004 + 0.001 * k, edge[0] - 0.0029 + 0.001 * k, edge[0] - 0.003 + 0.001 * k] for k in range(5)])
+    every = np.array([[edge - 0.004 + 0.001 * k, edge - 0.0029 + 0.001 * k, edge - 0.003 + 0.001 * k] for k in range(5)])
     r = lat.split_latency(t_end, received, spikes, every)
     np.testing.assert_allclose(r["wait_ms"]["p50"], 3.0, atol=1e-6)  # to the push of the bin ending at the chunk end
     np.testing.assert_allclose(r["node_ms"]["p50"], 1.0 - 0.1, atol=1e-6)

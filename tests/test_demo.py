@@ -13,6 +13,7 @@ import pytest
 
 from possm_plugin.demo import run_demo
 from possm_plugin.errors import ConfigError
+from possm_plugin.sim_lsl import SimulatedLSLStream
 
 
 @pytest.mark.parametrize("form", [[], ["--form", "binned", "--bin-rate", "1000"]], ids=["events", "binned-1kHz"])
@@ -36,7 +37,9 @@ def test_demo_streams_decodes_and_reports(tmp_path, form):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
 
-def test_demo_refuses_a_bad_bin_rate(tmp_path):
-    for bad in (0, -5.0, float("nan"), "fast"):
+def test_demo_and_simulator_refuse_a_bad_bin_rate(tmp_path):
+    for bad in (0, -5.0, float("nan"), float("inf"), "fast", True):
         with pytest.raises(ConfigError, match="bin_rate"):
             run_demo(form="binned", bin_rate=bad, out_dir=tmp_path)
+        with pytest.raises(ConfigError, match="bin_rate"):
+            SimulatedLSLStream(form="binned", bin_rate=bad)
