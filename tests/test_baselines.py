@@ -79,6 +79,25 @@ def test_wiener_picks_its_penalty_on_held_back_training_trials(sim):
     assert w.r2_mean(test) > 0.5
 
 
+def test_wiener_refits_on_all_training_trials_after_selection(sim):
+    s, train, valid, _ = sim
+    w = WienerFilter(n_lags=3).fit(train, valid)  # lambda chosen on valid, then refit on train + valid
+    b = bin_session(s)
+    m = b.mask(np.concatenate([train.trials, valid.trials]))
+    x = lagged(b.counts.astype(np.float64), 3)[m]
+    y = b.targets[m].astype(np.float64) / s.target_scale
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    g = xc.T @ xc / len(x)
+    ridge = np.linalg.solve(g + w.lam * np.trace(g) / g.shape[0] * np.eye(len(g)), xc.T @ yc / len(x))
+    np.testing.assert_allclose(w.weights, ridge, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(w.bias, y.mean(0) - x.mean(0) @ ridge, rtol=1e-6, atol=1e-9)
+    only_train = WienerFilter(n_lags=3, lambdas=(w.lam,)).fit(train)
+    assert np.abs(only_train.weights - w.weights).max() > 1e-3 * np.abs(w.weights).max()  # valid did count
+    # without valid: the penalty comes from the last 20 % of train, the weights from all of train
+    w2 = WienerFilter(n_lags=3).fit(train)
+    np.testing.assert_allclose(w2.weights, WienerFilter(n_lags=3, lambdas=(w2.lam,)).fit(train).weights, rtol=1e-9, atol=1e-12)
+
+
 def test_kalman_beats_zero_and_steady_state_matches_full_filter(sim):
     s, train, valid, test = sim
     k = KalmanFilter().fit(train, valid)

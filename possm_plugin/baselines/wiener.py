@@ -3,7 +3,8 @@
 The workhorse linear decoder of clinical BCIs. Features are the counts of every unit in the current
 chunk and the L-1 before it (:func:`possm_plugin.binning.lagged`), centred; the intercept is not
 penalised. The ridge penalty is chosen from a grid on validation trials (the given ``valid`` data, or
-else the last 20% of the training trials, after which the filter is refit on all training trials).
+else the last 20% of the training trials); the filter is then refit at that penalty on all the trials it
+was given (training and validation).
 """
 
 from __future__ import annotations
@@ -76,27 +77,19 @@ class WienerFilter(BinnedDecoder):
 
     def _fit(self, train: list[Part], valid: list[Part], *, lambdas: tuple[float, ...] | None = None) -> None:
         lams = self.lambdas if lambdas is None else tuple(float(x) for x in lambdas)
-        refit = False
-        fit_parts, val_parts = train, valid
-        if not valid and len(lams) > 1:
-            # choose on the last 20% of the training trials, then refit on all of them
-            fit_parts, val_parts = holdout_parts(train)
-            refit = True
-        x, y = self._xy(fit_parts)
-        sols = self._solve(x, y, lams)
-        if len(lams) > 1 and val_parts:
-            xv, yv = self._xy(val_parts)
-            scores = [float(r2_score(yv, xv @ w + b).mean()) for w, b in sols]
-            best = int(np.argmax(scores))
-            self.history = [{"lambda": lam, "valid_r2": s} for lam, s in zip(lams, scores)]
-        else:
-            best = 0
-        self.lam = lams[best]
-        if refit:
-            x, y = self._xy(train)
-            sols = self._solve(x, y, (self.lam,))
-            best = 0
-        w, b = sols[best]
+        self.lam = lams[0]
+        if len(lams) > 1:
+            # choose on the given validation trials, or else on the last 20% of the training trials
+            fit_parts, val_parts = (train, valid) if valid else holdout_parts(train)
+            if val_parts:
+                x, y = self._xy(fit_parts)
+                xv, yv = self._xy(val_parts)
+                scores = [float(r2_score(yv, xv @ w + b).mean()) for w, b in self._solve(x, y, lams)]
+                self.lam = lams[int(np.argmax(scores))]
+                self.history = [{"lambda": lam, "valid_r2": s} for lam, s in zip(lams, scores)]
+        # then refit on every trial it was given (training and validation) at the chosen penalty
+        x, y = self._xy(train + valid)
+        w, b = self._solve(x, y, (self.lam,))[0]
         self.weights, self.bias = w.astype(np.float64), b.astype(np.float64)
 
     def _predict_part(self, part: Part) -> np.ndarray:
