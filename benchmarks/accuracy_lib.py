@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_NAME = "chewie_m1_center_out_2013-10-03_100ms.npz"
-DATA_CANDIDATES = (REPO.parent / "shared" / "data" / DATA_NAME, Path("/work/shared/data") / DATA_NAME)
+DATA_CANDIDATES = (REPO / "possm_plugin" / "assets" / "data" / DATA_NAME,)  # bundled with the package
 TEST_FRACTION = 0.2
 VALID_FRACTION = 0.2  # of the training trials
 

@@ -108,7 +108,9 @@ def calibrate(model: POSSM, session: Session, *, epochs: int = 30, lr: float = 3
     """Unit identification of ``session`` in a background thread (``drain()`` is called meanwhile,
     e.g. to empty the source); returns finetune's metrics."""
     from .finetune import finetune
+    from .identity import check_sessions
 
+    check_sessions(model, [session])  # here, before the training thread starts: one clear error
     result: dict = {}
     error: list[BaseException] = []
 

@@ -1,8 +1,9 @@
 """Checkpoints: ``NAME.safetensors`` (weights) beside ``NAME.yaml`` (everything else).
 
 The YAML holds the format version, the package version that wrote it, the model config, the unit and
-session vocabularies, each session's ordered units, the default session and free-form training
-metadata. Loading never unpickles anything: the YAML is read with the safe loader and validated, the
+session vocabularies, each session's ordered units and content fingerprint (``session_fingerprints``,
+see :mod:`possm_plugin.identity`; optional, older checkpoints have none), the default session and
+free-form training metadata. Loading never unpickles anything: the YAML is read with the safe loader and validated, the
 weights with safetensors, and every tensor's name, shape and dtype is checked against the model the
 config rebuilds. Any mismatch is a :class:`CheckpointError` that says what is wrong.
 """
@@ -89,6 +90,7 @@ def save_checkpoint(model: POSSM, path: str | os.PathLike, *, default_session: s
         "unit_ids": model.unit_vocab.ids,
         "session_ids": sessions,
         "session_units": {s: list(u) for s, u in model.session_units.items()},
+        "session_fingerprints": {s: str(f) for s, f in model.session_fingerprints.items()},
         "default_session": default_session if default_session is not None else (sessions[0] if sessions else None),
         "weights_sha256": sha,
         "meta": _plain(meta or {}),
@@ -141,6 +143,13 @@ def read_checkpoint_config(path: str | os.PathLike | None) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint config {str(config)!r}: {key!r} must be a list of strings")
     if not all(isinstance(k, str) and strings(v) for k, v in doc["session_units"].items()):
         raise CheckpointError(f"checkpoint config {str(config)!r}: 'session_units' must map session ids to lists of unit ids")
+    fps = doc.get("session_fingerprints")
+    if fps is not None and not (
+        isinstance(fps, dict) and all(isinstance(k, str) and k in doc["session_ids"] and isinstance(v, str) for k, v in fps.items())
+    ):
+        raise CheckpointError(
+            f"checkpoint config {str(config)!r}: 'session_fingerprints' must map known session ids to fingerprint strings"
+        )
     for key in ("default_session", "weights_sha256"):
         if doc.get(key) is not None and not isinstance(doc[key], str):
             raise CheckpointError(f"checkpoint config {str(config)!r}: {key!r} must be a string, got {doc[key]!r}")
@@ -169,7 +178,8 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, map_location: str 
         )
     try:
         cfg = ModelConfig.from_dict(doc["model"])
-        model = POSSM(cfg, unit_ids=doc["unit_ids"], session_ids=doc["session_ids"], session_units=doc["session_units"])
+        model = POSSM(cfg, unit_ids=doc["unit_ids"], session_ids=doc["session_ids"], session_units=doc["session_units"],
+                      session_fingerprints=doc.get("session_fingerprints") or {})
     except (PossmError, TypeError, ValueError, KeyError, RuntimeError) as exc:  # e.g. backbone_kwargs of the wrong type
         raise CheckpointError(f"checkpoint {str(config)!r}: {exc}") from None
     try:

@@ -70,7 +70,11 @@ class PreparedSession:
 
 
 def prepare_sessions(model: POSSM, sessions: list[Session], *, valid_fraction: float = 0.2, test_fraction: float = 0.0) -> list[PreparedSession]:
-    """Map sessions onto the model (their units and session ids must be in its vocabularies)."""
+    """Map sessions onto the model (their units and session ids must be in its vocabularies, and a
+    known session id must name the recording the model knows: :func:`~possm_plugin.identity.check_sessions`)."""
+    from .identity import check_sessions
+
+    check_sessions(model, sessions)
     out = []
     cfg = model.config
     for s in sessions:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .identity import check_sessions
 from .model import POSSM
 from .session import Session
 from .train import TrainConfig, fit
@@ -27,9 +28,13 @@ log = logging.getLogger("possm_plugin.finetune")
 
 
 def add_sessions(model: POSSM, sessions: list[Session]) -> tuple[list[str], list[str]]:
-    """Extend the model's vocabularies with the sessions' units and ids; returns (new units, new sessions)."""
+    """Extend the model's vocabularies with the sessions' units and ids (recording their unit lists and
+    fingerprints); returns (new units, new sessions). A session whose id the model knows with other
+    content is refused (:func:`~possm_plugin.identity.check_sessions`)."""
+    check_sessions(model, sessions)
     new_units = model.extend_units([u for s in sessions for u in s.unit_ids])
-    new_sessions = model.extend_sessions([s.session_id for s in sessions], units={s.session_id: s.unit_ids for s in sessions})
+    new_sessions = model.extend_sessions([s.session_id for s in sessions], units={s.session_id: s.unit_ids for s in sessions},
+                                         fingerprints={s.session_id: s.fingerprint for s in sessions})
     return new_units, new_sessions
 
 
@@ -75,6 +80,10 @@ def finetune(
         lr: learning rate of UI; ``ft_lr`` of the full stage (default lr / 10).
         out_dir: write checkpoints and metrics there.
 
+    Raises:
+        ConfigError: every training session is already known to the model (nothing would train).
+        DataError: a session id the model knows names another recording (see :mod:`possm_plugin.identity`).
+
     Returns:
         metrics: ``valid_r2`` (or accuracy / token error rate), ``trainable_parameters``,
         ``trainable_fraction``, ``new_units``, ``new_sessions``, and the training history.
@@ -88,6 +97,14 @@ def finetune(
     ui_epochs = (epochs if mode == "ui" else max(1, epochs // 2)) if ui_epochs is None else ui_epochs
     if mode == "ft" and not 0 < ui_epochs < epochs:
         raise ConfigError(f"ft needs 0 < ui_epochs < epochs, got ui_epochs={ui_epochs}, epochs={epochs}")
+    check_sessions(model, train_sessions + list(valid_sessions or []))
+    known = [s.session_id for s in train_sessions if s.session_id in model.session_vocab]
+    if len(known) == len(train_sessions):
+        raise ConfigError(
+            f"nothing to fine-tune: the model already knows every session given ({', '.join(known)}), so unit "
+            "identification would train no parameter; fine-tune on sessions it has not seen, or continue "
+            "training on these with `possm train --resume`"
+        )
     n_units_old, n_sessions_old = len(model.unit_vocab), len(model.session_vocab)
     new_units, new_sessions = add_sessions(model, train_sessions + list(valid_sessions or []))
     base = train_config or TrainConfig(progress=progress)

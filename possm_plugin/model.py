@@ -34,6 +34,8 @@ class POSSM(nn.Module):
         unit_ids: unit vocabulary (string ids such as ``session/unit``).
         session_ids: session vocabulary.
         session_units: for each session, its unit ids in channel order (used to map streams).
+        session_fingerprints: for each session, the :attr:`~possm_plugin.session.Session.fingerprint`
+            of the recording it was trained on (see :mod:`possm_plugin.identity`).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class POSSM(nn.Module):
         unit_ids: Sequence[str] = (),
         session_ids: Sequence[str] = (),
         session_units: dict[str, list[str]] | None = None,
+        session_fingerprints: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         config.validate()
@@ -51,6 +54,7 @@ class POSSM(nn.Module):
         self.unit_vocab = Vocabulary(unit_ids, kind="unit")
         self.session_vocab = Vocabulary(session_ids, kind="session")
         self.session_units: dict[str, list[str]] = {k: list(v) for k, v in (session_units or {}).items()}
+        self.session_fingerprints: dict[str, str] = {str(k): str(v) for k, v in (session_fingerprints or {}).items()}
         d = c.dim
         self.unit_emb = nn.Embedding(len(self.unit_vocab), d)
         self.session_emb = nn.Embedding(len(self.session_vocab), d)
@@ -100,13 +104,17 @@ class POSSM(nn.Module):
             self.unit_emb = _grow(self.unit_emb, len(added), self.config.emb_init_scale)
         return added
 
-    def extend_sessions(self, ids: Sequence[str], *, units: dict[str, list[str]] | None = None) -> list[str]:
-        """Add session ids (and optionally their ordered unit lists)."""
+    def extend_sessions(
+        self, ids: Sequence[str], *, units: dict[str, list[str]] | None = None, fingerprints: dict[str, str] | None = None
+    ) -> list[str]:
+        """Add session ids (and optionally their ordered unit lists and fingerprints)."""
         added = self.session_vocab.extend(ids)
         if added:
             self.session_emb = _grow(self.session_emb, len(added), self.config.emb_init_scale)
         for sid, u in (units or {}).items():
             self.session_units[sid] = list(u)
+        for sid, fp in (fingerprints or {}).items():
+            self.session_fingerprints[sid] = str(fp)
         return added
 
     def subset_units(self, ids: Sequence[str]) -> None:

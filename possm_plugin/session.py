@@ -22,11 +22,20 @@ key                     dtype / shape       meaning
 ``n_classes``           int64 scalar        classes (classification/ctc, excluding CTC blank)
 ``target_scale``        float32 scalar      targets are divided by it for training
 ``meta``                str scalar          JSON with anything else (simulator parameters)
+``fingerprint``         str scalar          :attr:`Session.fingerprint` when saved; checked on load
 ======================  ==================  =================================================
+
+Identity: a session id names a recording, and :attr:`Session.fingerprint` (a short sha256 over the
+unit count and the spikes) says which one. Files written by :meth:`Session.save` carry it and
+:meth:`Session.load` refuses a file whose content no longer matches it (files without it load and
+compute it). Checkpoints record the fingerprint of every session they were trained on, and training,
+fine-tuning, evaluation and calibration refuse a session whose id the model knows but whose content
+differs (:func:`possm_plugin.identity.check_sessions`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 import zlib
@@ -42,7 +51,7 @@ __all__ = ["Session", "load_sessions", "PHASE_OTHER", "PHASE_HOLD", "PHASE_REACH
 # what Session.load accepts for each key (numpy dtype kinds; "scalar": a single value)
 _NUMERIC = ("spike_times", "spike_units", "target_times", "targets", "phase", "trials", "trial_labels", "label_seq", "label_offsets")
 _NUMERIC_SCALARS = ("n_classes", "target_scale")
-_STRING_SCALARS = ("session_id", "subject", "task", "meta")
+_STRING_SCALARS = ("session_id", "subject", "task", "meta", "fingerprint")
 _STRING_LISTS = ("unit_ids", "target_names")
 _INTEGERS = ("spike_units", "phase", "trial_labels", "label_seq", "label_offsets", "n_classes")
 
@@ -151,6 +160,17 @@ class Session:
         return len(self.unit_ids)
 
     @property
+    def fingerprint(self) -> str:
+        """16 hex digits of the sha256 over the unit count, ``spike_units`` (int32 little-endian) and
+        ``spike_times`` (float64 little-endian): two sessions with the same id but other units or
+        spikes have different fingerprints. Behaviour, trials and names are not part of it."""
+        h = hashlib.sha256(b"possm-session-v1")
+        h.update(np.int64(self.n_units).astype("<i8").tobytes())
+        h.update(np.ascontiguousarray(self.spike_units, dtype="<i4").tobytes())
+        h.update(np.ascontiguousarray(self.spike_times, dtype="<f8").tobytes())
+        return h.hexdigest()[:16]
+
+    @property
     def duration(self) -> float:
         ends = [self.trials[-1, 1] if len(self.trials) else 0.0]
         if len(self.spike_times):
@@ -202,6 +222,7 @@ class Session:
             n_classes=np.int64(self.n_classes),
             target_scale=np.float32(self.target_scale),
             meta=np.str_(json.dumps(self.meta)),
+            fingerprint=np.str_(self.fingerprint),
         )
         return path
 
@@ -244,11 +265,18 @@ class Session:
         if not isinstance(meta, dict):
             raise DataError(f"session file {str(path)!r}: meta must be a JSON object, got {type(meta).__name__}")
         try:
-            return cls._from_arrays(d, opt, meta)
+            session = cls._from_arrays(d, opt, meta)
         except DataError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:  # shapes that do not fit together, absurd values
             raise DataError(f"session file {str(path)!r} is malformed: {exc}") from None
+        stored = opt("fingerprint")
+        if stored is not None and str(stored) != session.fingerprint:
+            raise DataError(
+                f"session file {str(path)!r}: its spikes do not match the fingerprint stored with them "
+                f"(stored {str(stored)}, computed {session.fingerprint}); the file was modified or is corrupt"
+            )
+        return session
 
     @classmethod
     def _from_arrays(cls, d: dict, opt, meta: dict) -> "Session":

@@ -22,8 +22,9 @@ import yaml
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, preset
 from .data import WindowSampler, prepare_sessions
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import evaluate_prepared, loss_fn
+from .identity import check_sessions
 from .model import POSSM
 from .optim import Lamb, flat_cosine
 from .session import Session, load_sessions
@@ -164,16 +165,23 @@ def model_config_from(spec: dict[str, Any], sessions: list[Session]) -> ModelCon
 
 
 def build_model(spec: dict[str, Any], sessions: list[Session], *, seed: int = 0) -> POSSM:
-    """A fresh POSSM whose vocabularies hold every unit and session of ``sessions``."""
+    """A fresh POSSM whose vocabularies hold every unit and session of ``sessions`` (and their
+    fingerprints). Two sessions may not share an id."""
     tasks = {s.task for s in sessions}
     if len(tasks) != 1:
         raise ConfigError(f"all training sessions must share one task, got {sorted(tasks)}")
+    ids = [s.session_id for s in sessions]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DataError(f"two sessions share the id {dup[0]!r} (fingerprints {', '.join(s.fingerprint for s in sessions if s.session_id == dup[0])}); "
+                        "give each recording its own session id")
     torch.manual_seed(seed)
     cfg = model_config_from(spec, sessions)
     units = [u for s in sessions for u in s.unit_ids]
     try:
         return POSSM(cfg, unit_ids=units, session_ids=[s.session_id for s in sessions],
-                     session_units={s.session_id: list(s.unit_ids) for s in sessions})
+                     session_units={s.session_id: list(s.unit_ids) for s in sessions},
+                     session_fingerprints={s.session_id: s.fingerprint for s in sessions})
     except (TypeError, ValueError, RuntimeError) as exc:  # e.g. backbone_kwargs of the wrong type
         if isinstance(exc, ConfigError):
             raise
@@ -361,6 +369,7 @@ def model_for_run(
         return build_model(cfg.model, sessions, seed=cfg.seed), 0, None
     rdir = Path(resume)
     model, doc = load_checkpoint(rdir / "last.yaml" if rdir.is_dir() else rdir)
+    check_sessions(model, sessions)  # the run's sessions must be the recordings it started on
     start_epoch = int(doc.get("meta", {}).get("epoch", -1)) + 1
     optim_state = (rdir if rdir.is_dir() else rdir.parent) / "last.optim.safetensors"
     if not optim_state.is_file():

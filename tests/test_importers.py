@@ -11,7 +11,16 @@ import pytest
 from possm_plugin.baselines import WienerFilter
 from possm_plugin.binning import TrialSubset, bin_session, bin_spikes, split_trials
 from possm_plugin.errors import ConfigError, DataError
-from possm_plugin.importers import CHEWIE_FILE, counts_to_events, load_chewie, session_from_counts
+from possm_plugin.importers import (
+    CHEWIE_FILE,
+    bundled_files,
+    bundled_sessions,
+    counts_to_events,
+    load_binned,
+    load_chewie,
+    nice_scale,
+    session_from_counts,
+)
 from possm_plugin.session import PHASE_REACH, Session
 from possm_plugin.tokenize import chunk_starts
 
@@ -19,14 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    """``shared/data`` beside the repository (``<repo>/../shared/data``), as on this machine and in CI."""
-    for cand in (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if (cand / CHEWIE_FILE).is_file():
-            return cand
-    pytest.fail(
-        f"{CHEWIE_FILE} not found in {REPO_ROOT.parent / 'shared' / 'data'} (nor /work/shared/data): the tests "
-        "expect a copy of shared/ beside the clone (X/main-clone and X/shared)"
-    )
+    """The folder of the recordings bundled with the package (``possm_plugin/assets/data``)."""
+    folder = bundled_files()[0].parent
+    assert (folder / CHEWIE_FILE).is_file()
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +139,61 @@ def test_load_chewie_errors(tmp_path):
         load_chewie(shared_data_dir(), target="torque")
 
 
+def test_load_chewie_names_each_file_after_its_date():
+    files = bundled_files()
+    assert [f.name for f in files] == [CHEWIE_FILE, "chewie_m1_center_out_2013-12-19_100ms.npz"]
+    a, b = bundled_sessions()
+    assert (a.session_id, b.session_id) == ("chewie-20131003", "chewie-20131219")
+    assert (a.subject, b.subject) == ("chewie", "chewie") and (a.n_units, b.n_units) == (174, 155)
+    assert "2013-10-03" in a.meta["dataset"] and "2013-12-19" in b.meta["dataset"] and "myow-neuro" in b.meta["dataset"]
+    assert a.unit_ids[0] == "chewie-20131003/u000" and not set(a.unit_ids) & set(b.unit_ids)
+    assert a.target_scale == b.target_scale == 10.0 and a.fingerprint != b.fingerprint
+    assert load_chewie(files[1], session_id="c2").session_id == "c2"  # the old keyword still names it
+
+
+def test_load_binned_reads_the_layout_and_says_what_is_missing(tmp_path, chewie_raw):
+    counts = np.round(chewie_raw["rates_hz"][:100] * 0.1).astype(np.int16)
+    vel = chewie_raw["velocity"][:100]
+    np.savez(tmp_path / "c.npz", counts=counts, position=vel * 3)
+    s = load_binned(tmp_path / "c.npz", session_id="x", target="position", bin_s=0.1, subject="m")
+    assert s.session_id == "x" and s.subject == "m" and s.target_names == ["px", "py"] and len(s.trials) == 1
+    assert s.target_scale == nice_scale(vel * 3) == 20.0  # std about 25 per axis -> 20
+    assert len(s.spike_times) == int(counts.sum())
+    with pytest.raises(DataError, match="has no 'bin_s'; give the bin width"):
+        load_binned(tmp_path / "c.npz", session_id="x", target="position")
+    with pytest.raises(DataError, match="no 'velocity' array to decode"):
+        load_binned(tmp_path / "c.npz", session_id="x", bin_s=0.1)
+    np.savez(tmp_path / "d.npz", velocity=vel, bin_s=0.1)
+    with pytest.raises(DataError, match="neither 'counts' nor 'rates_hz'"):
+        load_binned(tmp_path / "d.npz", session_id="x")
+    with pytest.raises(DataError, match="disagrees with the file's bin_s=0.1"):
+        load_binned(shared_data_dir() / CHEWIE_FILE, session_id="x", bin_s=0.05)
+    assert nice_scale(np.array([[0.3], [-0.3]])) == 0.2 and nice_scale(np.zeros((3, 2))) == 1.0
+
+
+def test_import_binned_cli_round_trip(tmp_path, capsys):
+    from possm_plugin.cli.main import main
+
+    src = bundled_files()[1]
+    argv = ["import", "binned", str(src), "--out", str(tmp_path), "--session-id", "day2", "--subject", "chewie"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(str(tmp_path / "day2.npz")) and "155 units" in out
+    s = Session.load(tmp_path / "day2.npz")
+    ref = load_binned(src, session_id="day2", subject="chewie")
+    assert s.fingerprint == ref.fingerprint and f"fingerprint {ref.fingerprint}" in out
+    np.testing.assert_array_equal(s.targets, ref.targets)
+    assert s.subject == "chewie" and s.target_scale == 10.0 and s.meta["file"] == src.name
+    assert main(argv) == 0  # the same recording again: replaced
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) == 1  # another recording under the same id: refused
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("possm import: error:") and "already holds another recording" in err and "--overwrite" in err
+    assert main([*argv, "--seed", "1", "--overwrite"]) == 0
+    assert main(["import", "binned", str(src), "--out", str(tmp_path), "--session-id", "d", "--target", "torque"]) == 1
+    assert "no 'torque' array" in capsys.readouterr().err
+
+
 # -- NWB -----------------------------------------------------------------------------------------
 def _write_nwb(path: Path, rng: np.random.Generator) -> dict:
     """A small NWB file made with pynwb: 3 units on electrodes, hand position and velocity, 5 trials."""
@@ -236,3 +296,19 @@ def test_nwb_session_decodes(nwb_file):
     b = bin_session(s)
     assert b.counts.shape[1] == 3 and b.counts.sum() == np.sum((s.spike_times >= b.starts[0]) & (s.spike_times < b.ends[-1]))
     assert set(np.unique(b.trial)) == {-1, 0, 1, 2, 3, 4}
+
+
+def test_import_nwb_cli_writes_the_session_load_nwb_reads(nwb_file, tmp_path, capsys):
+    from possm_plugin.cli.main import main
+    from possm_plugin.importers.nwb import load_nwb
+
+    path, _ = nwb_file
+    assert main(["import", "nwb", str(path), "--out", str(tmp_path), "--session-id", "t1", "--target", "hand_vel"]) == 0
+    assert capsys.readouterr().out.startswith(str(tmp_path / "t1.npz"))
+    s = Session.load(tmp_path / "t1.npz")
+    ref = load_nwb(path, target="hand_vel", session_id="t1")
+    assert s.session_id == "t1" and s.subject == "monkeyT" and s.fingerprint == ref.fingerprint
+    assert s.unit_ids == ["t1/100", "t1/101", "t1/102"]
+    assert main(["import", "nwb", str(path), "--out", str(tmp_path), "--session-id", "t2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("possm import: error: say which behaviour series to decode: --target NAME") and "hand_vel" in err

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "demo": ".demo",
     "pretrain": ".pretrain",
     "compile": ".compile",
+    "import": ".import_data",
 }
 
 

@@ -21,12 +21,29 @@ Behaviour is given per bin; it is stamped at the bin *end* by default (``label_a
 decoder that has seen the bin's spikes decodes the bin's value, as the usual binned decoders do. Use
 ``label_at="center"`` when the value is a bin average and you prefer to place it mid-bin.
 
-:func:`load_chewie` applies this to the real recording in ``shared/data`` (see its README).
+:func:`load_binned` reads any NPZ file in the layout below; :func:`load_chewie` applies it to the two
+real recordings bundled with the package (:func:`bundled_files`, :func:`bundled_sessions`; their
+README in ``possm_plugin/assets/data`` says where they come from).
+
+The NPZ layout :func:`load_binned` reads (T bins, U units, C outputs):
+
+==================  ==============  ===============================================================
+key                 shape           meaning
+==================  ==============  ===============================================================
+``rates_hz``        (T, U)          firing rate in each bin (count / ``bin_s``), or
+``counts``          (T, U)          spike counts (whole numbers); used when both are present
+``velocity`` etc.   (T, C) or (T,)  the behaviour to decode, one row per bin (any key: ``target=``)
+``bin_s``           scalar          bin width in seconds (or pass ``bin_s=``)
+``trial_lengths``   (K,)            optional: bins per trial, back to back (must sum to T)
+``target``          (T,)            optional: the reach target of each bin (kept per trial in meta)
+==================  ==============  ===============================================================
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +56,28 @@ __all__ = [
     "PLACEMENTS",
     "counts_to_events",
     "session_from_counts",
+    "load_binned",
     "load_chewie",
+    "chewie_session_id",
+    "bundled_files",
+    "bundled_sessions",
+    "nice_scale",
     "CHEWIE_FILE",
     "CHEWIE_TARGET_SCALE",
 ]
 
 PLACEMENTS = ("uniform", "even")
-#: File name of the real session in ``shared/data``.
+#: File name of the first bundled real session (Chewie, 2013-10-03).
 CHEWIE_FILE = "chewie_m1_center_out_2013-10-03_100ms.npz"
-#: Chewie's hand velocity has a standard deviation of about 8.5 per axis; divided by 10 it is unit size.
+#: Chewie's hand velocity has a standard deviation of 8.5 (2013-10-03) to 14 (2013-12-19) per axis;
+#: divided by 10 it is about unit size (:func:`nice_scale` gives 10 for both files).
 CHEWIE_TARGET_SCALE = 10.0
+#: Where the bundled recordings live (shipped as package data).
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "data"
+#: Output names of the usual behaviour keys (x, y, z axes).
+_AXES = {"velocity": "v", "position": "p", "acceleration": "a", "force": "f"}
+#: Where the bundled Chewie files were taken from, by recording date.
+_CHEWIE_SOURCES = {"2013-10-03": "nerdslab/myow", "2013-12-19": "nerdslab/myow-neuro"}
 _MARGIN = 1e-6  # of a bin, kept free at both edges
 
 
@@ -203,6 +232,122 @@ def session_from_counts(
     )
 
 
+def nice_scale(values: np.ndarray) -> float:
+    """The default ``target_scale``: the mean per-column standard deviation of ``values`` rounded to
+    the nearest number of the 1-2-5 series (..., 1, 2, 5, 10, 20, ...; nearest on a log scale), so
+    that ``values / scale`` are about unit size and the scale is a round number that is easy to quote.
+    Chewie's velocity (std 8.5 and 13.7) gives 10. Constant or empty values give 1."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v.reshape(len(v), -1) if v.ndim else v.reshape(1, 1)
+    sd = float(np.mean(v.std(axis=0))) if v.size else 0.0
+    if not (np.isfinite(sd) and sd > 0):
+        return 1.0
+    exp = math.floor(math.log10(sd))
+    cands = [m * 10.0**e for e in (exp - 1, exp, exp + 1) for m in (1, 2, 5)]
+    return float(min(cands, key=lambda c: abs(math.log(c / sd))))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"binned data file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{str(path)!r} is not a readable NPZ file ({exc})") from None
+
+
+def _target_names(target: str, n: int) -> list[str]:
+    if target in _AXES and n <= 3:
+        return [f"{_AXES[target]}{a}" for a in "xyz"[:n]]
+    return [f"{target}{i}" for i in range(n)]
+
+
+def load_binned(
+    path: str | Path,
+    *,
+    session_id: str,
+    subject: str = "unknown",
+    bin_s: float | None = None,
+    target: str = "velocity",
+    placement: str = "uniform",
+    seed: int = 0,
+    label_at: str = "end",
+    target_scale: float | None = None,
+    phase: int = PHASE_OTHER,
+    meta: dict | None = None,
+) -> Session:
+    """A regression session from an NPZ file of binned counts (layout in the module docstring).
+
+    Args:
+        path: the ``.npz`` file.
+        session_id: the session id; units are ``<session_id>/u000``, ``u001``, ... in column order.
+            Two imports of one file under two ids are two sessions with their own unit embeddings.
+        subject: subject id.
+        bin_s: bin width in seconds, when the file has no ``bin_s`` (if both are given they must agree).
+        target: the key of the behaviour to decode (``velocity``, ``position``, ...); its columns are
+            named ``vx, vy`` (``px, py``, ...) for the usual keys, else ``<target>0, <target>1, ...``.
+        placement, seed, label_at: how counts become events and where labels sit
+            (:func:`session_from_counts`).
+        target_scale: targets are divided by it for training; default :func:`nice_scale` of the target.
+        phase: the phase of every bin (default "other"; loss weights by phase are then uniform).
+        meta: extra JSON-able information (the file name, the key and the reach targets are added).
+
+    Raises:
+        DataError: a missing file or key, counts that are not whole numbers, inconsistent shapes.
+    """
+    path = Path(path)
+    d = _read_npz(path)
+    if "counts" not in d and "rates_hz" not in d:
+        raise DataError(f"{str(path)!r} has neither 'counts' nor 'rates_hz' (bins x units); keys: {sorted(d)}")
+    if target not in d:
+        raise DataError(f"{str(path)!r} has no {target!r} array to decode (--target / target=); keys: {sorted(d)}")
+    file_bin = float(f"{float(np.asarray(d['bin_s']).reshape(-1)[0]):.7g}") if "bin_s" in d else None  # float32 0.1000000015 -> 0.1
+    if bin_s is None and file_bin is None:
+        raise DataError(f"{str(path)!r} has no 'bin_s'; give the bin width in seconds (--bin-s / bin_s=)")
+    if bin_s is not None and file_bin is not None and abs(float(bin_s) - file_bin) > 1e-6 * file_bin:
+        raise DataError(f"bin_s={bin_s!r} disagrees with the file's bin_s={file_bin!r} ({str(path)!r}); drop the argument")
+    width = float(bin_s) if bin_s is not None else file_bin
+    if not (np.isfinite(width) and width > 0):
+        raise DataError(f"bin_s must be a positive number of seconds, got {width!r}")
+    counts = d["counts"].astype(np.float64) if "counts" in d else d["rates_hz"].astype(np.float64) * width
+    y = np.asarray(d[target], dtype=np.float32)
+    y = y[:, None] if y.ndim == 1 else y
+    if y.ndim != 2:
+        raise DataError(f"{str(path)!r}: {target!r} must be (bins,) or (bins, C), got shape {y.shape}")
+    lengths = d["trial_lengths"].astype(np.int64) if "trial_lengths" in d else None
+    info = {"file": path.name, "target": target}
+    reach = d.get("target")
+    if reach is not None and target != "target" and reach.ndim == 1 and len(reach) == len(y):
+        bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if lengths is not None else np.asarray([0])
+        if lengths is None or lengths.sum() == len(y):
+            info["reach_target"] = np.asarray(reach)[bounds].astype(np.int64).tolist()
+    return session_from_counts(
+        counts,
+        bin_s=width,
+        targets=y,
+        target_names=_target_names(target, y.shape[1]),
+        trial_lengths=lengths,
+        session_id=session_id,
+        phase=phase,
+        subject=subject,
+        placement=placement,
+        seed=seed,
+        label_at=label_at,
+        target_scale=nice_scale(y) if target_scale is None else float(target_scale),
+        meta={**info, **(meta or {})},
+    )
+
+
+def chewie_session_id(path: str | Path) -> str:
+    """``chewie-YYYYMMDD`` from the recording date in a Chewie file name (else ``chewie-<name>``)."""
+    name = Path(path).stem
+    m = re.search(r"(\d{4})-(\d{2})-(\d{2})", name)
+    if m:
+        return "chewie-" + "".join(m.groups())
+    return "chewie-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+
+
 def load_chewie(
     path: str | Path,
     *,
@@ -211,60 +356,50 @@ def load_chewie(
     seed: int = 0,
     label_at: str = "end",
     target_scale: float = CHEWIE_TARGET_SCALE,
-    session_id: str = "chewie-20131003",
+    session_id: str | None = None,
 ) -> Session:
-    """The real Chewie M1 centre-out session (174 units, 1640 bins of 100 ms, 159 trials) as a Session.
+    """A real Chewie M1 centre-out recording (e.g. a bundled one, :func:`bundled_files`) as a Session.
 
     Args:
-        path: the ``.npz`` file, or the folder holding :data:`CHEWIE_FILE` (e.g. ``shared/data``).
+        path: the ``.npz`` file, or a folder holding :data:`CHEWIE_FILE`.
         target: ``"velocity"`` (default), ``"position"``, ``"acceleration"`` or ``"force"`` (x, y).
         placement, seed, label_at: see :func:`session_from_counts`.
         target_scale: default :data:`CHEWIE_TARGET_SCALE` (velocity / 10 is about unit size).
-        session_id: the session id; units are ``<session_id>/u000`` .. ``u173``.
+        session_id: default ``chewie-YYYYMMDD`` from the date in the file name
+            (:func:`chewie_session_id`); units are ``<session_id>/u000``, ...
 
-    Counts are ``rates_hz * 0.1`` (whole numbers). Trials (the movement period of each reach) are laid
-    back to back on one clock from 0 s, every bin is in the reach phase, and the reach target (0-7) of
-    each trial is kept in ``meta["reach_target"]``.
+    Counts are ``rates_hz * bin_s`` (whole numbers). Trials (the movement period of each reach) are
+    laid back to back on one clock from 0 s, every bin is in the reach phase, the reach target (0-7)
+    of each trial is kept in ``meta["reach_target"]``, and ``meta["dataset"]`` names the recording.
     """
     path = Path(path)
     if path.is_dir():
         path = path / CHEWIE_FILE
     if not path.is_file():
-        raise DataError(f"Chewie data file {str(path)!r} does not exist; pass the path of {CHEWIE_FILE} or its folder")
-    names = {"velocity": ("vx", "vy"), "position": ("px", "py"), "acceleration": ("ax", "ay"), "force": ("fx", "fy")}
-    if target not in names:
-        raise ConfigError(f"target must be one of {sorted(names)}, got {target!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{str(path)!r} is not a readable NPZ file ({exc})") from None
-    missing = [k for k in ("rates_hz", "bin_s", "trial_lengths", target) if k not in d]
-    if missing:
-        raise DataError(f"{str(path)!r} lacks {missing}")
-    bin_s = float(f"{float(d['bin_s']):.7g}")  # stored as float32 (0.1000000015); the grid uses exactly 0.1
-    counts = d["rates_hz"].astype(np.float64) * bin_s
-    lengths = d["trial_lengths"].astype(np.int64)
-    reach = d["target"].astype(np.int64) if "target" in d else None
-    first_bins = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    meta = {
-        "dataset": "Chewie M1 centre-out 2013-10-03 (Dyer et al. 2017; nerdslab/myow)",
-        "file": path.name,
-        "target": target,
-        "reach_target": reach[first_bins].tolist() if reach is not None else [],
-    }
-    return session_from_counts(
-        counts,
-        bin_s=bin_s,
-        targets=d[target],
-        target_names=list(names[target]),
-        trial_lengths=lengths,
-        session_id=session_id,
-        phase=PHASE_REACH,
-        subject="chewie",
-        placement=placement,
-        seed=seed,
-        label_at=label_at,
-        target_scale=target_scale,
-        meta=meta,
+        raise DataError(f"Chewie data file {str(path)!r} does not exist; pass the path of a Chewie .npz file or its folder")
+    if target not in _AXES:
+        raise ConfigError(f"target must be one of {sorted(_AXES)}, got {target!r}")
+    m = re.search(r"\d{4}-\d{2}-\d{2}", path.name)
+    date = m.group(0) if m else "unknown date"
+    source = _CHEWIE_SOURCES.get(date)
+    dataset = f"Chewie M1 centre-out {date} (Miller lab, Dyer et al. 2017" + (f"; {source})" if source else ")")
+    return load_binned(
+        path, session_id=session_id or chewie_session_id(path), subject="chewie", target=target, placement=placement,
+        seed=seed, label_at=label_at, target_scale=target_scale, phase=PHASE_REACH, meta={"dataset": dataset},
     )
+
+
+def bundled_files() -> list[Path]:
+    """The real recordings shipped with the package (Chewie 2013-10-03 and 2013-12-19), sorted by name."""
+    files = sorted(BUNDLED_DIR.glob("*.npz"))
+    if not files:
+        raise DataError(f"no bundled recordings in {str(BUNDLED_DIR)!r}; the package data is missing (reinstall possm-plugin)")
+    return files
+
+
+def bundled_sessions(**kw) -> list[Session]:
+    """The bundled recordings as sessions (``chewie-20131003``, ``chewie-20131219``); ``kw`` go to
+    :func:`load_chewie` (``session_id`` excepted: each file keeps its own)."""
+    if "session_id" in kw:
+        raise ConfigError("bundled_sessions names each session from its file; load_chewie(path, session_id=...) renames one")
+    return [load_chewie(f, **kw) for f in bundled_files()]
