@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "pretrain": ".pretrain",
     "compile": ".compile",
     "import": ".import_data",
+    "closed-loop": ".closed_loop",
 }
 
 

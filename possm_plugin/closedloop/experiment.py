@@ -1,0 +1,132 @@
+"""A closed-loop experiment: calibrate every decoder on one open-loop block, run each in the loop on the
+same seeds and sessions, and report the metrics (the JSON ``possm closed-loop`` and
+``benchmarks/closed_loop.py`` print).
+
+Per seed ``s``: session ``sim-{subject}-s{session_index + s:03d}`` (simulator seed 0, the subject the
+bundled checkpoint was trained on; session indices it was not trained on), a calibration block of
+``calibration_s`` seconds, then for each decoder a copy of the spike stream as the block left it and
+``trials`` trials of the task with the same task and user seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..sim.motor_stream import MotorSpikeStream
+from .calibration import calibration_session, fit_kalman, fit_possm, fit_wiener
+from .decoders import BaselineLoopDecoder, LoopDecoder, OracleDecoder, PossmLoopDecoder
+from .metrics import summarize, trial_metrics
+from .runner import CHUNK_S, LoopResult, run_loop
+from .task import TaskConfig
+from .user import UserConfig
+
+__all__ = ["ExperimentConfig", "DECODERS", "build_decoders", "run_experiment", "trajectories"]
+
+log = logging.getLogger("possm_plugin.closedloop")
+
+#: decoders an experiment can run (``oracle``: the user's intent itself, the ceiling)
+DECODERS = ("possm", "wiener", "kalman", "oracle")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything an experiment depends on besides the seeds (JSON-able through :meth:`to_dict`)."""
+
+    trials: int = 64
+    subject: str = "m0"
+    session_index: int = 10
+    calibration_s: float = 120.0
+    ui_epochs: int = 10
+    checkpoint: str | None = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+    user: UserConfig = field(default_factory=UserConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["user"]["bias_cm_s"] = list(d["user"]["bias_cm_s"])
+        return d
+
+
+def build_decoders(names, stream: MotorSpikeStream, cal, cfg: ExperimentConfig, *, seed: int) -> tuple[dict[str, LoopDecoder], dict]:
+    """Fit the named decoders on the calibration session ``cal``; returns (decoders, fit info)."""
+    out: dict[str, LoopDecoder] = {}
+    info: dict = {}
+    for name in names:
+        t = time.perf_counter()
+        if name == "possm":
+            model, res = fit_possm(cal, checkpoint=cfg.checkpoint, epochs=cfg.ui_epochs, seed=seed)
+            out[name] = PossmLoopDecoder(model, session=stream.session_id, unit_ids=stream.unit_ids)
+            info[name] = {"calibration_r2": res.get("valid_r2"), "trainable_fraction": res["trainable_fraction"]}
+        elif name in ("wiener", "kalman"):
+            dec = fit_wiener(cal) if name == "wiener" else fit_kalman(cal)
+            out[name] = BaselineLoopDecoder(dec, unit_ids=stream.unit_ids, chunk_s=CHUNK_S)
+            info[name] = {}
+        elif name == "oracle":
+            out[name] = OracleDecoder()
+            info[name] = {}
+        else:
+            raise ConfigError(f"unknown decoder {name!r}; choose from {DECODERS}")
+        info[name]["fit_s"] = round(time.perf_counter() - t, 2)
+    return out, info
+
+
+def trajectories(res: LoopResult, *, max_trials: int = 16) -> list[dict]:
+    """Cursor paths of the first ``max_trials`` trials that start near the centre (centre-out reaches),
+    from onset to end, rounded to 0.01 cm: ``[{"target": [x, y], "outcome": str, "xy": [[x, y], ...]}]``."""
+    out = []
+    for tr in res.trials:
+        if tr.outcome == "running" or np.linalg.norm(tr.start_pos) > 3.0:
+            continue
+        sel = (res.t_end > tr.onset_s + 1e-9) & (res.t_end <= tr.end_s + 1e-9)
+        xy = np.vstack([tr.start_pos[None, :], res.pos[sel]])
+        out.append({"target": [round(float(v), 2) for v in tr.target], "outcome": tr.outcome,
+                    "xy": np.round(xy, 2).tolist()})
+        if len(out) >= max_trials:
+            break
+    return out
+
+
+def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None) -> dict:
+    """Run every decoder in ``names`` on every seed; returns ``{"decoders": {name: metrics}, "seeds",
+    "trials", "details"}`` (metrics pooled over the seeds' trials; ``details``: per seed metrics, fit
+    info, counts, the first seed's trajectories and the configuration)."""
+    names = list(names)
+    for n in names:
+        if n not in DECODERS:
+            raise ConfigError(f"unknown decoder {n!r}; choose from {DECODERS}")
+    seeds = [int(s) for s in seeds]
+    pooled: dict[str, list] = {n: [] for n in names}
+    details: dict = {"per_seed": {n: {} for n in names}, "fit": {}, "trajectories": {}, "config": cfg.to_dict(),
+                     "counts": {n: {"trials": 0, "reentries": 0, "breaks": 0, "timeouts": 0} for n in names}}
+    t_all = time.perf_counter()
+    for seed in seeds:
+        stream = MotorSpikeStream(cfg.session_index + seed, subject=cfg.subject, noise_seed=seed)
+        cal = calibration_session(stream, duration_s=cfg.calibration_s, seed=seed, radius_cm=cfg.task.radius_cm)
+        decoders, info = build_decoders(names, stream, cal, cfg, seed=seed)
+        details["fit"][str(seed)] = info
+        for name in names:
+            t = time.perf_counter()
+            res = run_loop(decoders[name], copy.deepcopy(stream), n_trials=cfg.trials, seed=seed, task=cfg.task, user=cfg.user)
+            per = trial_metrics(res.trials, target_radius_cm=cfg.task.target_radius_cm)
+            pooled[name] += per
+            m = summarize(per)
+            details["per_seed"][name][str(seed)] = m
+            c = details["counts"][name]
+            c["trials"] += len(per)
+            c["reentries"] += sum(r["reentries"] for r in per)
+            c["breaks"] += sum(r["breaks"] for r in per)
+            c["timeouts"] += sum(not r["success"] for r in per)
+            if seed == seeds[0]:
+                details["trajectories"][name] = trajectories(res)
+            msg = f"seed {seed} {name}: success {m['success_rate']:.2f}, {len(res.t_end)} chunks in {time.perf_counter() - t:.1f} s"
+            log.info(msg)
+            if progress:
+                progress(msg)
+    details["wall_s"] = round(time.perf_counter() - t_all, 1)
+    return {"decoders": {n: summarize(pooled[n]) for n in names}, "seeds": seeds, "trials": cfg.trials, "details": details}
