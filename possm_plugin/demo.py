@@ -2,10 +2,10 @@
 
 Three parts on this machine:
 
-1. the simulated source, a process (:mod:`possm_plugin.sim_lsl`): session ``sim-m0-s000`` (seed 0,
-   subject m0 - the default checkpoint's default session, so its units are known) streamed in real
-   time from a time segment the checkpoint was not trained on, with the true velocity as a second
-   stream;
+1. the simulated source, a process (:mod:`possm_plugin.sim_lsl`): session 0 of seed 0, subject m0 -
+   the default checkpoint's default session ``sim-m0-s000``, so its units are known (the source is
+   told to name it so, :func:`sim_id_prefix`) - streamed in real time from a time segment the
+   checkpoint was not trained on, with the true velocity as a second stream;
 2. the decoder node, a process: ``possm-lsl --inlet spikes --telemetry`` (the console script, or
    ``python -m possm_plugin.cli.lsl_node`` when it is not on PATH);
 3. a consumer in this process reading the decoder's outlet, its telemetry and the true velocity.
@@ -35,7 +35,7 @@ import numpy as np
 from .errors import PossmError, StreamError
 from .sim_lsl import check_bin_rate
 
-__all__ = ["run_demo", "end_to_end_latency", "DemoError"]
+__all__ = ["run_demo", "end_to_end_latency", "sim_id_prefix", "DemoError"]
 
 log = logging.getLogger("possm_plugin.demo")
 
@@ -60,6 +60,24 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> tuple[str, st
         proc.kill()
         out, err = proc.communicate(timeout=5)
     return out or "", err or ""
+
+
+def sim_id_prefix(checkpoint: str | Path | None, *, seed: int, session_index: int, subject: str = "m0") -> str | None:
+    """The ``--id-prefix`` under which ``checkpoint`` (None: the bundled one) knows simulated session
+    ``(seed, subject, session_index)``: None (the simulator's own ``sim-m0-seed0-s000``) unless the
+    checkpoint knows only the seedless id of older simulations (``sim-m0-s000``, the bundled
+    checkpoint's), which names whatever seed the demo is given."""
+    from .checkpoint import read_checkpoint_config
+    from .sim.ids import legacy_prefix, sim_session_id
+
+    try:
+        known = set(read_checkpoint_config(checkpoint)["session_ids"])
+    except PossmError:
+        return None  # the decoder node says what is wrong with it
+    if sim_session_id(session_index, seed=seed, subject=subject) in known:
+        return None
+    legacy = legacy_prefix(subject)
+    return legacy if sim_session_id(session_index, seed=seed, subject=subject, id_prefix=legacy) in known else None
 
 
 def end_to_end_latency(t_end: np.ndarray, received: np.ndarray, push_log: np.ndarray) -> np.ndarray:
@@ -116,6 +134,9 @@ def run_demo(
                "--bin-rate", repr(bin_rate),
                "--seed", str(seed), "--session-index", str(session_index), "--push-log", str(push_log),
                "--source-id", f"possm-demo-{name}-{os.getpid()}"]
+    prefix = sim_id_prefix(checkpoint, seed=seed, session_index=session_index)
+    if prefix:
+        sim_cmd += ["--id-prefix", prefix]
     node_cmd = _node_command() + ["--inlet", name, "--outlet", outlet, "--telemetry", "--json-summary", "--log-level", "WARNING",
                                   "--resolve-timeout", str(start_timeout)]
     if checkpoint:

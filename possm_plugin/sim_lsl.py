@@ -69,6 +69,8 @@ class SimulatedLSLStream:
         name: spike stream name; labels_name: velocity stream name (None: no velocity stream).
         form: ``events`` or ``binned``; bin_rate: bins per second of the binned form.
         seed, subject, session_index: which session (as ``possm simulate``).
+        id_prefix: session id prefix (as ``possm simulate --id-prefix``; default ``sim-{subject}-seed{seed}``):
+            the unit ids sent as channel labels are ``<session id>/u000``, ...
         offset, segment: the streamed span of the simulation, seconds.
         tick: push interval of spike events, seconds.
         source_id: stable id prefix (default ``possm-sim-<name>@<host>``).
@@ -85,6 +87,7 @@ class SimulatedLSLStream:
         seed: int = 0,
         subject: str = "m0",
         session_index: int = 0,
+        id_prefix: str | None = None,
         offset: float = DEFAULT_OFFSET_S,
         segment: float = DEFAULT_SEGMENT_S,
         tick: float = 0.001,
@@ -105,7 +108,8 @@ class SimulatedLSLStream:
         self.source_id = source_id or f"possm-sim-{name}@{socket.gethostname()}"
         from .sim import simulate_motor_session
 
-        sess = simulate_motor_session(self.session_index, seed=self.seed, subject=subject, duration_s=self.offset + self.segment)
+        sess = simulate_motor_session(self.session_index, seed=self.seed, subject=subject, duration_s=self.offset + self.segment,
+                                      id_prefix=id_prefix)
         self.session_id = sess.session_id
         self.unit_ids = list(sess.unit_ids)
         lo, hi = np.searchsorted(sess.spike_times, [self.offset, self.offset + self.segment], side="left")
@@ -259,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="seconds to stream (default: until interrupted)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed")
     p.add_argument("--subject", default="m0", help="simulated subject")
+    p.add_argument("--id-prefix", default=None, help="session id prefix (default sim-SUBJECT-seedSEED; sim-m0: the bundled checkpoint's ids)")
     return p
 
 
@@ -270,7 +275,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     counts = stream_simulated_session(
         args.duration, stop_event=stop, push_log=args.push_log, name=args.name, labels_name=args.labels_name or None,
         form=args.form, bin_rate=args.bin_rate, seed=args.seed, subject=args.subject, session_index=args.session_index,
-        offset=args.offset, segment=args.segment, source_id=args.source_id, labels=not args.no_labels,
+        id_prefix=getattr(args, "id_prefix", None), offset=args.offset, segment=args.segment, source_id=args.source_id, labels=not args.no_labels,
     )
     print(f"streamed {counts['spikes_pushed']} spikes of {counts['session_id']} ({counts['n_units']} units) "
           f"and {counts['velocity_samples']} velocity samples", file=sys.stderr)

@@ -74,14 +74,14 @@ def test_info_corrupt_weights_are_reported(two_session_checkpoint, capsys):
 def test_simulate_writes_sessions_that_match_the_stream_units(tmp_path, capsys):
     assert main(["simulate", "--sessions", "2", "--seed", "0", "--out", str(tmp_path), "--duration", "6"]) == 0
     out = capsys.readouterr().out
-    assert "sim-m0-s000.npz" in out and "sim-m0-s001.npz" in out
+    assert "sim-m0-seed0-s000.npz" in out and "sim-m0-seed0-s001.npz" in out
     sessions = load_sessions(tmp_path)
-    assert [s.session_id for s in sessions] == ["sim-m0-s000", "sim-m0-s001"]
+    assert [s.session_id for s in sessions] == ["sim-m0-seed0-s000", "sim-m0-seed0-s001"]
     assert sessions[0].duration <= 6.0 and len(sessions[0].spike_times) > 1000
     from possm_plugin.sim_lsl import SimulatedLSLStream
 
     live = SimulatedLSLStream(name="unused", offset=6.0, segment=5.0)  # built, not opened: no LSL traffic
-    assert live.session_id == "sim-m0-s000" and live.unit_ids == sessions[0].unit_ids
+    assert live.session_id == "sim-m0-seed0-s000" and live.unit_ids == sessions[0].unit_ids
     assert live.spike_times.min() >= 0 and live.spike_times.max() < 5.0
     assert not np.isin(live.spike_times + 6.0, sessions[0].spike_times).any()  # another time segment
 

@@ -86,6 +86,7 @@ def test_known_id_with_other_content_is_refused_everywhere(binned_file, tmp_path
     ck = save_checkpoint(model, tmp_path / "ck" / "last")
     loaded, doc = load_checkpoint(ck)
     assert doc["session_fingerprints"] == {"rec": known.fingerprint} and loaded.session_fingerprints == doc["session_fingerprints"]
+    assert main(["info", str(ck)]) == 0 and f"rec: 20 units, fingerprint {known.fingerprint}" in capsys.readouterr().out
     (tmp_path / "ck" / "last.optim.safetensors").write_bytes(b"")  # resume refuses before reading it
     with pytest.raises(DataError, match=want):
         model_for_run(_cfg(), [other], tmp_path / "ck")
@@ -135,3 +136,28 @@ def test_session_file_carries_its_fingerprint_and_refuses_tampering(binned_file,
     np.savez(tmp_path / "old.npz", **d)  # files written before fingerprints: load, fingerprint computed
     old = Session.load(tmp_path / "old.npz")
     assert len(old.fingerprint) == 16 and old.fingerprint != s.fingerprint
+
+
+def test_simulated_session_ids_carry_the_seed(tmp_path, capsys):
+    for seed in (0, 99):
+        assert main(["simulate", "--sessions", "1", "--seed", str(seed), "--duration", "5", "--out", str(tmp_path / f"s{seed}")]) == 0
+    capsys.readouterr()
+    (a,), (b,) = (load_sessions_of(tmp_path / f"s{seed}") for seed in (0, 99))
+    assert (a.session_id, b.session_id) == ("sim-m0-seed0-s000", "sim-m0-seed99-s000")
+    assert not set(a.unit_ids) & set(b.unit_ids) and a.fingerprint != b.fingerprint
+    # the seedless ids the bundled checkpoint was trained on, on request
+    assert main(["simulate", "--sessions", "1", "--duration", "5", "--id-prefix", "sim-m0", "--out", str(tmp_path / "old")]) == 0
+    (old,) = load_sessions_of(tmp_path / "old")
+    assert old.session_id == "sim-m0-s000" and old.fingerprint == a.fingerprint
+    from possm_plugin.demo import sim_id_prefix
+    from possm_plugin.sim import parse_sim_session_id
+
+    assert sim_id_prefix(None, seed=0, session_index=0) == "sim-m0"  # the demo streams what the bundled checkpoint knows
+    assert parse_sim_session_id("sim-m0-seed99-s000") == {"subject": "m0", "seed": 99, "task": "motor", "index": 0,
+                                                        "id_prefix": "sim-m0-seed99"}
+
+
+def load_sessions_of(folder):
+    from possm_plugin.session import load_sessions
+
+    return load_sessions(folder)

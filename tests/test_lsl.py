@@ -149,7 +149,7 @@ def test_unknown_units_message_names_them_and_how_to_calibrate(procs, tmp_path):
     name = lh.unique("unknown")
     procs.append(lh.start_sim(name, duration=40))
     args = lsl_node.build_parser().parse_args(["--inlet", name, "--checkpoint", str(ck), "--resolve-timeout", "30"])
-    with pytest.raises(ConfigError, match=r"102 of the stream's 102 units are unknown.*'sim-m0-s000/u000'.*--calibrate 60 --labels"):
+    with pytest.raises(ConfigError, match=r"102 of the stream's 102 units are unknown.*'sim-m0-seed0-s000/u000'.*--calibrate 60 --labels"):
         lsl_node.run(args)
 
 

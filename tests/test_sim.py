@@ -102,7 +102,7 @@ def ridge_r2(s: Session, *, width: float = 0.05, lags: int = 4, lam: float = 1.0
 # -- motor ------------------------------------------------------------------------------------------
 def test_motor_session_format(motor):
     for i, s in enumerate(motor):
-        assert s.session_id == f"sim-m0-s{i:03d}"
+        assert s.session_id == f"sim-m0-seed0-s{i:03d}"
         assert s.task == "regression" and s.subject == "m0"
         assert s.target_names == ["vx", "vy"] and s.targets.shape == (12000, 2)
         assert s.target_scale == 20.0
@@ -205,7 +205,7 @@ def test_other_subject_differs():
     assert make_subject(0, "m0").profile == p0  # deterministic
     s0 = simulate_motor_session(0, seed=0, subject="m0", duration_s=10.0)
     s1 = simulate_motor_session(0, seed=0, subject="m1", duration_s=10.0)
-    assert s1.session_id == "sim-m1-s000" and s1.unit_ids[0] == "sim-m1-s000/u000"
+    assert s1.session_id == "sim-m1-seed0-s000" and s1.unit_ids[0] == "sim-m1-seed0-s000/u000"
     lo, hi = p1.n_units_range
     assert lo <= s1.n_units <= hi
     assert s0.meta["subject_profile"] != s1.meta["subject_profile"]
@@ -225,7 +225,7 @@ def test_save_load_round_trip(motor, handwriting, phonemes, tmp_path):
 def test_handwriting(handwriting):
     s = handwriting
     assert s.task == "classification" and s.n_classes == 10
-    assert s.session_id == "sim-h0-hw-s000"
+    assert s.session_id == "sim-h0-seed0-hw-s000"
     assert s.targets.shape == (len(s.target_times), 2) and s.target_names == ["vx", "vy"]
     assert set(s.trial_labels.tolist()) == set(range(10))
     assert len(s.trial_labels) == len(s.trials)

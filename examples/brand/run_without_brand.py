@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import signal
 import socket
@@ -60,11 +59,14 @@ def crossings_source(checkpoint: str | None, seconds: float, seed: int):
     session = doc.get("default_session") or doc["session_ids"][0]
     units = doc["session_units"][session]
     n_ms = int(seconds * 1000)
-    m = re.fullmatch(r"sim-(.+)-s(\d+)", session)
-    if m:
+    from possm_plugin.sim import parse_sim_session_id
+
+    m = parse_sim_session_id(session)
+    if m and m["task"] == "motor":
         from possm_plugin.sim.motor import simulate_motor_session
 
-        s = simulate_motor_session(int(m.group(2)), seed=seed, subject=m.group(1), duration_s=max(seconds + 1, 5))
+        seed = seed if m["seed"] is None else m["seed"]  # seedless (older) ids: the seed given here
+        s = simulate_motor_session(m["index"], seed=seed, subject=m["subject"], duration_s=max(seconds + 1, 5), id_prefix=m["id_prefix"])
         if s.unit_ids == list(units):
             x = np.zeros((n_ms, len(units)), np.int8)
             k = (s.spike_times * 1000).astype(np.int64)

@@ -36,8 +36,8 @@ def collect(path=None) -> dict:
     weights, config = resolve_checkpoint(path)
     model, doc = load_checkpoint(path)
     cfg = model.config
-    sessions = [{"session_id": s, "n_units": len(model.session_units.get(s, [])), "unit_ids": list(model.session_units.get(s, []))}
-                for s in model.session_vocab.ids]
+    sessions = [{"session_id": s, "n_units": len(model.session_units.get(s, [])), "unit_ids": list(model.session_units.get(s, [])),
+                 "fingerprint": model.session_fingerprints.get(s)} for s in model.session_vocab.ids]
     return {
         "checkpoint": str(config),
         "weights": str(weights),
@@ -75,7 +75,8 @@ def _text(d: dict, *, units: bool) -> str:
     for s in d["sessions"]:
         ids = s["unit_ids"]
         shown = ", ".join(ids) if units else (", ".join(ids[:3]) + (", ..." if len(ids) > 3 else ""))
-        lines.append(f"  {s['session_id']}: {s['n_units']} units [{shown}]")
+        fp = f", fingerprint {s['fingerprint']}" if s.get("fingerprint") else ""
+        lines.append(f"  {s['session_id']}: {s['n_units']} units{fp} [{shown}]")
     return "\n".join(lines)
 
 

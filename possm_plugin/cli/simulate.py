@@ -1,7 +1,9 @@
 """``possm simulate``: write simulated sessions, or stream one live over LSL.
 
-Files: ``possm simulate --sessions 2 --seed 0 --out data/sim`` writes ``data/sim/sim-m0-s000.npz`` and
-``sim-m0-s001.npz`` (motor reaching; ``--task handwriting`` or ``phonemes`` for the other tasks).
+Files: ``possm simulate --sessions 2 --seed 0 --out data/sim`` writes ``data/sim/sim-m0-seed0-s000.npz``
+and ``sim-m0-seed0-s001.npz`` (motor reaching; ``--task handwriting`` or ``phonemes`` for the other
+tasks). The seed is part of the id, so ``--seed 99`` writes other sessions under other ids;
+``--id-prefix sim-m0`` gives the seedless ids the bundled checkpoint was trained on (``sim-m0-s000``).
 
 Live: ``possm simulate --lsl`` streams session ``--session-index`` of the same subject and seed in real
 time: the spikes on the LSL stream ``--name`` (spike events, or ``--form binned`` counts; channel
@@ -43,6 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="session length in s when writing files (default 120); streaming time with --lsl (default: until Ctrl-C)")
     p.add_argument("--subject", default=None, help="subject name (default m0 / h0 / p0 by task)")
     p.add_argument("--first-index", type=int, default=0, help="index of the first session written")
+    p.add_argument("--id-prefix", default=None,
+                   help="session ids are PREFIX-s000, ... (default sim-SUBJECT-seedSEED, plus -hw / -ph for those tasks)")
     p.add_argument("--lsl", action="store_true", help="stream a simulated motor session over LSL instead of writing files")
     add_stream_arguments(p)
     p.set_defaults(func=run)
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     func = getattr(sim, func_name)
     sessions = func(
         args.sessions, seed=args.seed, subject=args.subject or default_subject,
-        duration_s=120.0 if args.duration is None else args.duration, first_index=args.first_index,
+        duration_s=120.0 if args.duration is None else args.duration, first_index=args.first_index, id_prefix=args.id_prefix,
     )
     paths = sim.write_sessions(sessions, args.out)
     for s, path in zip(sessions, paths):

@@ -5,7 +5,8 @@
 * :func:`simulate_phoneme_sessions` - phoneme sequences for CTC;
 * :func:`write_sessions` - save sessions as ``<session_id>.npz`` files.
 
-Every session depends only on ``(seed, subject, session index, arguments)``.
+Every session depends only on ``(seed, subject, session index, arguments)``, and its id names the
+first three: ``sim-m0-seed0-s000`` (:mod:`.ids`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..session import Session
+from .ids import legacy_prefix, parse_sim_session_id, sim_session_id
 from .handwriting import simulate_handwriting_session, simulate_handwriting_sessions
 from .motor import simulate_motor_session, simulate_motor_sessions
 from .phonemes import simulate_phoneme_session, simulate_phoneme_sessions
@@ -28,6 +30,9 @@ __all__ = [
     "simulate_phoneme_sessions",
     "make_subject",
     "write_sessions",
+    "sim_session_id",
+    "parse_sim_session_id",
+    "legacy_prefix",
 ]
 
 

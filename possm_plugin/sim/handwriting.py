@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
+from .ids import sim_session_id
 from .spiking import (
     DT_S,
     check_int,
@@ -85,6 +86,7 @@ def simulate_handwriting_session(
     *,
     seed: int = 0,
     subject: str = "h0",
+    id_prefix: str | None = None,
     n_classes: int = 10,
     duration_s: float = 120.0,
     n_units: int | tuple[int, int] | None = None,
@@ -97,9 +99,12 @@ def simulate_handwriting_session(
     """Simulate one handwriting session (``task="classification"``).
 
     Args:
-        session_index: non-negative session number; the id is ``sim-{subject}-hw-s{index:03d}``.
+        session_index: non-negative session number; the id is ``sim-{subject}-seed{seed}-hw-s{index:03d}``
+            (:mod:`possm_plugin.sim.ids`).
         seed: non-negative base seed (also selects the alphabet, with ``n_classes``).
         subject: subject string (no '/' or whitespace): tuning statistics, unit counts, neuron pool.
+        id_prefix: replaces ``sim-{subject}-seed{seed}`` (and the task tag) in the session id;
+            :func:`~possm_plugin.sim.ids.legacy_prefix` gives the seedless ids of older files.
         n_classes: number of characters (>= 2).
         duration_s: session length, seconds (>= 5); only trials that end before it are listed.
         n_units: units recorded: an int, a ``(min, max)`` range, or None for the subject's range.
@@ -130,7 +135,7 @@ def simulate_handwriting_session(
     if not (math.isfinite(drift_scale) and drift_scale >= 0):
         raise ConfigError(f"drift_scale must be a finite number >= 0, got {drift_scale!r}")
 
-    session_id = f"sim-{subject}-hw-s{session_index:03d}"
+    session_id = sim_session_id(session_index, seed=seed, subject=subject, task="handwriting", id_prefix=id_prefix)
     coef = character_templates(seed, n_classes)
     pool = make_subject(seed, subject)
     profile = pool.profile
@@ -237,6 +242,7 @@ def simulate_handwriting_sessions(
     *,
     seed: int = 0,
     subject: str = "h0",
+    id_prefix: str | None = None,
     n_classes: int = 10,
     duration_s: float = 120.0,
     first_index: int = 0,
@@ -258,6 +264,7 @@ def simulate_handwriting_sessions(
             first_index + i,
             seed=seed,
             subject=subject,
+            id_prefix=id_prefix,
             n_classes=n_classes,
             duration_s=duration_s,
             n_units=n_units,

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
+from .ids import sim_session_id
 from .spiking import (
     DT_S,
     check_int,
@@ -102,6 +103,7 @@ def simulate_motor_session(
     *,
     seed: int = 0,
     subject: str = "m0",
+    id_prefix: str | None = None,
     duration_s: float = 120.0,
     paradigm: str = "mixed",
     n_units: int | tuple[int, int] | None = None,
@@ -116,11 +118,14 @@ def simulate_motor_session(
     """Simulate one reaching session.
 
     Args:
-        session_index: non-negative session number; the session id is ``sim-{subject}-s{index:03d}``.
+        session_index: non-negative session number; the id is ``sim-{subject}-seed{seed}-s{index:03d}``
+            (:mod:`possm_plugin.sim.ids`).
         seed: non-negative base seed. The session depends only on ``(seed, subject, session_index)``
             and the other arguments.
         subject: subject string (no '/' or whitespace); it selects the tuning statistics, unit counts
             and neuron pool, shared by all sessions of the subject.
+        id_prefix: replaces ``sim-{subject}-seed{seed}`` (and the task tag) in the session id;
+            :func:`~possm_plugin.sim.ids.legacy_prefix` gives the seedless ids of older files.
         duration_s: session length, seconds (>= 5). Only trials that end before it are listed.
         paradigm: ``"center_out"``, ``"random_target"`` or ``"mixed"`` (per trial, 50/50).
         n_units: units recorded: an int, a ``(min, max)`` range, or None for the subject's range.
@@ -156,7 +161,7 @@ def simulate_motor_session(
     if not (math.isfinite(drift_scale) and drift_scale >= 0):
         raise ConfigError(f"drift_scale must be a finite number >= 0, got {drift_scale!r}")
 
-    session_id = f"sim-{subject}-s{session_index:03d}"
+    session_id = sim_session_id(session_index, seed=seed, subject=subject, task="motor", id_prefix=id_prefix)
     pool = make_subject(seed, subject)
     profile = pool.profile
     rng_beh = make_rng(seed, "motor-behaviour", subject, session_index)
@@ -282,6 +287,7 @@ def simulate_motor_sessions(
     *,
     seed: int = 0,
     subject: str = "m0",
+    id_prefix: str | None = None,
     duration_s: float = 120.0,
     first_index: int = 0,
     paradigm: str = "mixed",
@@ -307,6 +313,7 @@ def simulate_motor_sessions(
             first_index + i,
             seed=seed,
             subject=subject,
+            id_prefix=id_prefix,
             duration_s=duration_s,
             paradigm=paradigm,
             n_units=n_units,

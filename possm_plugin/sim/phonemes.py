@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
+from .ids import sim_session_id
 from .spiking import (
     DT_S,
     POOL_MAX,
@@ -84,6 +85,7 @@ def simulate_phoneme_session(
     *,
     seed: int = 0,
     subject: str = "p0",
+    id_prefix: str | None = None,
     n_phonemes: int = 12,
     duration_s: float = 120.0,
     n_units: int | tuple[int, int] | None = None,
@@ -98,9 +100,12 @@ def simulate_phoneme_session(
     """Simulate one phoneme-sequence session (``task="ctc"``).
 
     Args:
-        session_index: non-negative session number; the id is ``sim-{subject}-ph-s{index:03d}``.
+        session_index: non-negative session number; the id is ``sim-{subject}-seed{seed}-ph-s{index:03d}``
+            (:mod:`possm_plugin.sim.ids`).
         seed: non-negative base seed (also selects the phoneme inventory, with ``n_phonemes``).
         subject: subject string (no '/' or whitespace): tuning statistics, unit counts, neuron pool.
+        id_prefix: replaces ``sim-{subject}-seed{seed}`` (and the task tag) in the session id;
+            :func:`~possm_plugin.sim.ids.legacy_prefix` gives the seedless ids of older files.
         n_phonemes: number of phoneme classes (>= 2).
         duration_s: session length, seconds (>= 5); only trials that end before it are listed.
         n_units: units recorded: an int, a ``(min, max)`` range, or None for the subject's range.
@@ -134,7 +139,7 @@ def simulate_phoneme_session(
     if not (math.isfinite(drift_scale) and drift_scale >= 0):
         raise ConfigError(f"drift_scale must be a finite number >= 0, got {drift_scale!r}")
 
-    session_id = f"sim-{subject}-ph-s{session_index:03d}"
+    session_id = sim_session_id(session_index, seed=seed, subject=subject, task="phonemes", id_prefix=id_prefix)
     inventory = phoneme_inventory(seed, n_phonemes)
     pool = make_subject(seed, subject)
     profile = pool.profile
@@ -248,6 +253,7 @@ def simulate_phoneme_sessions(
     *,
     seed: int = 0,
     subject: str = "p0",
+    id_prefix: str | None = None,
     n_phonemes: int = 12,
     duration_s: float = 120.0,
     first_index: int = 0,
@@ -271,6 +277,7 @@ def simulate_phoneme_sessions(
             first_index + i,
             seed=seed,
             subject=subject,
+            id_prefix=id_prefix,
             n_phonemes=n_phonemes,
             duration_s=duration_s,
             n_units=n_units,
