@@ -33,8 +33,8 @@ def test_info_json_describes_the_checkpoint(two_session_checkpoint, capsys):
     assert d["readout"] == "regression" and d["outputs"] == ["vx", "vy"] and d["target_scale"] == 20.0
     assert d["default_session"] == "b" and d["n_sessions"] == 2 and d["n_units"] == 8
     assert d["sessions"] == [
-        {"session_id": "a", "n_units": 5, "unit_ids": [f"a/u{i:03d}" for i in range(5)]},
-        {"session_id": "b", "n_units": 3, "unit_ids": ["b/x1", "b/x2", "b/x3"]},
+        {"session_id": "a", "n_units": 5, "unit_ids": [f"a/u{i:03d}" for i in range(5)], "fingerprint": None},
+        {"session_id": "b", "n_units": 3, "unit_ids": ["b/x1", "b/x2", "b/x3"], "fingerprint": None},
     ]
     assert d["model"]["dim"] == 32 and d["meta"] == {"note": "two sessions"}
     assert d["checkpoint"].endswith("two.yaml") and d["weights"].endswith("two.safetensors")
