@@ -7,7 +7,7 @@ starts a node, streams 1 ms threshold crossings into ``threshold_values`` in rea
 node's ``possm`` stream.
 
 The crossings come from the package's motor-cortex simulator when the checkpoint's session is a
-simulated one (``sim-<subject>-s<index>``, as ``possm simulate`` names them): then the decoded velocity
+simulated one (``sim-<subject>-seed<seed>-s<index>``, or the older ``sim-<subject>-s<index>``): then the decoded velocity
 is compared with the true one. Otherwise they are Poisson noise (and only the timing means something).
 
     python examples/brand/run_without_brand.py --seconds 20 [--checkpoint runs/best.yaml]
