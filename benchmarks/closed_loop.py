@@ -112,7 +112,7 @@ def write_report(report: dict, md: Path, png: Path) -> None:
         f"Run: {_f(mach.get('wall_s'), '{:.0f}')} s wall on {mach.get('cpus')} CPUs ({mach.get('threads')} torch thread(s)), "
         f"load average {mach.get('load_start')} at the start and {mach.get('load_end')} at the end; torch {mach.get('torch')}.",
         "",
-        f"![closed loop](closed-loop.png)",
+        "![closed loop](closed-loop.png)",
         "",
         f"{len(report['seeds'])} seeds ({report['seeds']}) x {report['trials']} trials per decoder, pooled.",
         "",

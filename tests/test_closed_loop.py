@@ -217,3 +217,15 @@ def test_perturbing_chunk_k_changes_nothing_before_it(calibrated, name):
     np.testing.assert_array_equal(base.decoded[:i], pert.decoded[:i])
     np.testing.assert_array_equal(base.pos[:i], pert.pos[:i])
     assert not np.array_equal(base.decoded[i], pert.decoded[i])
+
+
+def test_open_loop_r2_through_the_loop_decoder_equals_predict(calibrated):
+    from possm_plugin.closedloop.experiment import open_loop_r2
+    from possm_plugin.binning import bin_session
+    from possm_plugin.metrics import r2_score
+
+    stream, _, wiener, _ = calibrated
+    test = calibration_session(MotorSpikeStream(SESSION, noise_seed=9), duration_s=20.0, seed=9)
+    dec = BaselineLoopDecoder(wiener, unit_ids=stream.unit_ids, chunk_s=0.05)
+    want = float(np.mean(r2_score(bin_session(test).targets, wiener.predict(test))))
+    assert open_loop_r2(dec, test) == pytest.approx(want, abs=1e-4)

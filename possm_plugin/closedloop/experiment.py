@@ -26,7 +26,7 @@ from .runner import CHUNK_S, LoopResult, run_loop
 from .task import TaskConfig
 from .user import UserConfig
 
-__all__ = ["ExperimentConfig", "DECODERS", "build_decoders", "run_experiment", "trajectories"]
+__all__ = ["ExperimentConfig", "DECODERS", "build_decoders", "run_experiment", "trajectories", "open_loop_r2"]
 
 log = logging.getLogger("possm_plugin.closedloop")
 
@@ -76,6 +76,24 @@ def build_decoders(names, stream: MotorSpikeStream, cal, cfg: ExperimentConfig, 
     return out, info
 
 
+def open_loop_r2(decoder: LoopDecoder, session) -> float:
+    """R2 (mean of vx, vy) of ``decoder`` run chunk by chunk over an open-loop block ``session`` (from a
+    fresh state at 0 s), against the cursor velocity at each chunk's end: what an offline evaluation
+    reports, for comparison with the closed-loop metrics."""
+    from ..binning import bin_session
+    from ..metrics import r2_score
+
+    b = bin_session(session, width=CHUNK_S, step=CHUNK_S)
+    decoder.reset(float(b.starts[0]))
+    order = np.argsort(session.spike_times, kind="stable")
+    times, units = session.spike_times[order], session.spike_units[order]
+    lo = np.searchsorted(times, b.starts, side="left")
+    hi = np.searchsorted(times, b.starts + CHUNK_S, side="left")
+    pred = np.stack([np.asarray(decoder.step(times[a:z], units[a:z], float(s + CHUNK_S), None), np.float64)
+                     for a, z, s in zip(lo, hi, b.starts)])
+    return float(np.mean(r2_score(b.targets, pred)))
+
+
 def trajectories(res: LoopResult, *, max_trials: int = 16) -> list[dict]:
     """Cursor paths of the first ``max_trials`` trials that start near the centre (centre-out reaches),
     from onset to end, rounded to 0.01 cm: ``[{"target": [x, y], "outcome": str, "xy": [[x, y], ...]}]``."""
@@ -109,6 +127,11 @@ def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None) -> dic
         stream = MotorSpikeStream(cfg.session_index + seed, subject=cfg.subject, noise_seed=seed)
         cal = calibration_session(stream, duration_s=cfg.calibration_s, seed=seed, radius_cm=cfg.task.radius_cm)
         decoders, info = build_decoders(names, stream, cal, cfg, seed=seed)
+        held_out = calibration_session(MotorSpikeStream(cfg.session_index + seed, subject=cfg.subject, noise_seed=1000 + seed),
+                                       duration_s=30.0, seed=1000 + seed, radius_cm=cfg.task.radius_cm)
+        for name in names:
+            if name != "oracle":
+                info[name]["open_loop_r2"] = round(open_loop_r2(decoders[name], held_out), 4)
         details["fit"][str(seed)] = info
         for name in names:
             t = time.perf_counter()
