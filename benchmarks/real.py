@@ -63,6 +63,7 @@ from accuracy_lib import REPO, TINY_BACKBONE, TINY_MODEL, VALID_FRACTION, _log, 
 from accuracy_lib import fit_baseline, r2_baseline  # noqa: E402
 
 from possm_plugin.binning import TrialSubset, kfold_trials  # noqa: E402
+from possm_plugin.importers.binned import bundled_sessions  # noqa: E402
 from possm_plugin.recipe import BUDGETS as RECIPE_STEPS  # noqa: E402
 from possm_plugin.recipe import adapt_recipe, predict_session, train_recipe  # noqa: E402
 
@@ -72,7 +73,6 @@ FRACTIONS = (0.1, 0.25, 1.0)
 N_FOLDS = 5
 MIN_CALIBRATION_TRIALS = 5  # a fraction never leaves fewer (one of them validates)
 DEFAULT_GRID_S = 0.1  # scoring bins of sessions that carry no bin width of their own
-INTERIM_DATA = Path("/work/shared/data")  # until the recordings are bundled with the package
 
 
 # =================================================================================================
@@ -113,15 +113,6 @@ BUDGETS = {b.name: b for b in (DEFAULT, QUICK, SMOKE)}
 # =================================================================================================
 # data and folds
 # =================================================================================================
-def bundled_sessions() -> list:
-    """The real recordings the benchmark runs by default (interim: the two Chewie files in shared/data,
-    until ``possm_plugin.importers.binned.bundled_sessions`` ships them with the package)."""
-    from possm_plugin.importers.binned import load_chewie
-
-    return [load_chewie(INTERIM_DATA / f"chewie_m1_center_out_{day}_100ms.npz", session_id=f"chewie-{day.replace('-', '')}")
-            for day in ("2013-10-03", "2013-12-19")]
-
-
 @functools.lru_cache(maxsize=4)
 def load_data(source: str | None, max_trials: int | None = None) -> tuple:
     """The sessions of ``source`` (a folder of session files; None: the bundled recordings), each cut
