@@ -77,29 +77,8 @@ def first_trials(session, n: int):
 
 
 def cut_trials(session, trials: np.ndarray):
-    """A session made of the given trials only, laid back to back from 0 s in their order (spikes,
-    behaviour samples in ``(start, end]`` and phases shifted; same session and unit ids)."""
-    from possm_plugin.session import Session
-
-    times, units, tt, tg, ph, tr = [], [], [], [], [], []
-    clock = 0.0
-    for k in np.asarray(trials, dtype=np.int64):
-        a, b = session.trials[k]
-        lo, hi = np.searchsorted(session.spike_times, [a, b], side="left")
-        times.append(session.spike_times[lo:hi] - a + clock)
-        units.append(session.spike_units[lo:hi])
-        sel = (session.target_times > a) & (session.target_times <= b)
-        tt.append(session.target_times[sel] - a + clock)
-        tg.append(session.targets[sel])
-        ph.append(session.phase[sel])
-        tr.append((clock, clock + (b - a)))
-        clock += b - a
-    return Session(
-        session_id=session.session_id, spike_times=np.concatenate(times), spike_units=np.concatenate(units),
-        unit_ids=list(session.unit_ids), target_times=np.concatenate(tt), targets=np.concatenate(tg),
-        trials=np.asarray(tr), subject=session.subject, task=session.task, target_names=list(session.target_names),
-        phase=np.concatenate(ph), target_scale=session.target_scale, meta=dict(session.meta),
-    )
+    """A session made of the given trials only, laid back to back from 0 s (``Session.cut``)."""
+    return session.cut(trials)
 
 
 def find_real_data(explicit: str | None = None) -> Path | None:

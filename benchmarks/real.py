@@ -188,11 +188,6 @@ def r2_recipe(model, session) -> float:
     idx = np.rint(ends / step).astype(np.int64) - 1  # chunk i ends at (i + 1) * step
     if np.abs((idx + 1) * step - ends).max() > 1e-6:
         raise ValueError(f"scoring bins of {grid_s(session)} s do not end on POSSM chunk ends ({step} s)")
-    known = getattr(model, "session_fingerprints", {})
-    if session.session_id in known:
-        # the test trials are cut from the recording the model learnt under this id, from other trials than
-        # its training cut, so their content fingerprint differs: they are the same recording
-        known[session.session_id] = session.fingerprint
     pred = predict_session(model, session, int(idx.max()) + 1)
     return r2_mean(y, pred[idx])
 

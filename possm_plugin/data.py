@@ -32,6 +32,7 @@ class PreparedSession:
     split: dict[str, np.ndarray]
     width: float
     step: float
+    bin_s: float | None = None  # binned import: spikes are known only to their bin of this width
 
     @property
     def sid(self) -> str:
@@ -49,11 +50,21 @@ class PreparedSession:
             raise DataError(f"session {self.sid!r}: split {name!r} has no trials")
         return float(self.session.trials[idx[0], 0]), float(self.session.trials[idx[-1], 1])
 
-    def chunks(self, i0: int, n: int, *, keep_units: np.ndarray | None = None, max_tokens: int | None = None) -> Chunks:
+    def chunks(self, i0: int, n: int, *, keep_units: np.ndarray | None = None, max_tokens: int | None = None,
+               rng: np.random.Generator | None = None) -> Chunks:
+        """Tokens of chunks ``[i0, i0 + n)``. With ``rng`` and a binned session, every spike is placed
+        anew at a uniformly random time inside its bin (the import's placement is invented anyway)."""
         starts = chunk_starts(0.0, i0 + n, self.step)[i0:]
-        lo = np.searchsorted(self.times, starts[0], side="left")
-        hi = np.searchsorted(self.times, starts[-1] + self.width, side="left")
+        a, b = starts[0], starts[-1] + self.width
+        jitter = rng is not None and self.bin_s is not None
+        if jitter:  # whole bins around the window: a spike may move across a chunk edge inside its bin
+            a, b = np.floor(a / self.bin_s + 1e-9) * self.bin_s, np.ceil(b / self.bin_s - 1e-9) * self.bin_s
+        lo = np.searchsorted(self.times, a, side="left")
+        hi = np.searchsorted(self.times, b, side="left")
         rows, times = self.rows[lo:hi], self.times[lo:hi]
+        if jitter:
+            k = np.floor(times / self.bin_s)
+            times = (k + rng.uniform(1e-6, 1 - 1e-6, len(times))) * self.bin_s
         if keep_units is not None:
             sel = keep_units[rows]
             rows, times = rows[sel], times[sel]
@@ -93,9 +104,18 @@ def prepare_sessions(model: POSSM, sessions: list[Session], *, valid_fraction: f
                 split=s.split_trials(valid_fraction=valid_fraction, test_fraction=test_fraction),
                 width=cfg.chunk_width,
                 step=cfg.chunk_step,
+                bin_s=_bin_width(s),
             )
         )
     return out
+
+
+def _bin_width(s: Session) -> float | None:
+    """Bin width of a session imported from binned counts on a grid from 0 s (None otherwise)."""
+    imp = s.meta.get("import", {}) if isinstance(s.meta, dict) else {}
+    if imp.get("source") != "binned" or not imp.get("bin_s"):
+        return None
+    return float(imp["bin_s"])
 
 
 @dataclass
@@ -138,7 +158,7 @@ class WindowSampler:
     def __init__(
         self, sessions: list[PreparedSession], *, readout: str, window_chunks: int = 20, unit_dropout: float = 0.6,
         phase_weights: tuple[float, float, float] = (1.0, 0.1, 5.0), target_scale: float = 1.0, split: str = "train",
-        n_units: int = 0, max_tokens: int | None = None, seed: int = 0,
+        n_units: int = 0, max_tokens: int | None = None, seed: int = 0, bin_jitter: bool = False,
     ) -> None:
         if not sessions:
             raise DataError("no sessions to sample windows from")
@@ -152,6 +172,7 @@ class WindowSampler:
         self.n_rows = n_units + 1
         self.max_tokens = max_tokens
         self.rng = np.random.default_rng(seed)
+        self.bin_jitter = bool(bin_jitter)
         # candidate windows: (session, first chunk, n chunks, trial)
         self.items: list[tuple[int, int, int, int]] = []
         for si, ps in enumerate(sessions):
@@ -195,7 +216,8 @@ class WindowSampler:
             if self.readout == "regression" and augment:
                 c0 = min(c0 + int(self.rng.integers(0, max(1, self.window_chunks // 2))), self._last_start(si, c0))
             keep = self._keep() if augment else None
-            ch = ps.chunks(c0, t_max, keep_units=keep, max_tokens=self.max_tokens)
+            ch = ps.chunks(c0, t_max, keep_units=keep, max_tokens=self.max_tokens,
+                           rng=self.rng if (augment and self.bin_jitter) else None)
             chunks.append(ch)
             sess.append(ps.session_row)
             ends = ch.starts + ps.width

@@ -34,7 +34,7 @@ def add_sessions(model: POSSM, sessions: list[Session]) -> tuple[list[str], list
     check_sessions(model, sessions)
     new_units = model.extend_units([u for s in sessions for u in s.unit_ids])
     new_sessions = model.extend_sessions([s.session_id for s in sessions], units={s.session_id: s.unit_ids for s in sessions},
-                                         fingerprints={s.session_id: s.fingerprint for s in sessions})
+                                         fingerprints={s.session_id: s.identity for s in sessions})
     return new_units, new_sessions
 
 

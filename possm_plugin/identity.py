@@ -35,10 +35,10 @@ def check_sessions(model: POSSM, sessions: Sequence[Session]) -> None:
             continue
         want = known.get(sid)
         if want is not None:
-            if want != s.fingerprint:
+            if want != s.identity:
                 raise DataError(
                     f"session {sid!r} is not the recording the model knows under that id: its fingerprint is "
-                    f"{s.fingerprint}, the model's is {want}; give the new recording another session id "
+                    f"{s.identity}, the model's is {want}; give the new recording another session id "
                     "(e.g. `possm import ... --session-id`, `possm simulate --seed`)"
                 )
             continue

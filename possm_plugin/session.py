@@ -51,7 +51,7 @@ __all__ = ["Session", "load_sessions", "PHASE_OTHER", "PHASE_HOLD", "PHASE_REACH
 # what Session.load accepts for each key (numpy dtype kinds; "scalar": a single value)
 _NUMERIC = ("spike_times", "spike_units", "target_times", "targets", "phase", "trials", "trial_labels", "label_seq", "label_offsets")
 _NUMERIC_SCALARS = ("n_classes", "target_scale")
-_STRING_SCALARS = ("session_id", "subject", "task", "meta", "fingerprint")
+_STRING_SCALARS = ("session_id", "subject", "task", "meta", "fingerprint", "origin")
 _STRING_LISTS = ("unit_ids", "target_names")
 _INTEGERS = ("spike_units", "phase", "trial_labels", "label_seq", "label_offsets", "n_classes")
 
@@ -80,6 +80,7 @@ class Session:
     n_classes: int = 0
     target_scale: float = 1.0
     meta: dict = field(default_factory=dict)
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         self.spike_times = np.asarray(self.spike_times, dtype=np.float64).reshape(-1)
@@ -171,6 +172,43 @@ class Session:
         return h.hexdigest()[:16]
 
     @property
+    def identity(self) -> str:
+        """The fingerprint of the recording this session is: :attr:`origin` for a part cut from a
+        recording (:meth:`cut`), else its own :attr:`fingerprint`. Models record and check this."""
+        return self.origin or self.fingerprint
+
+    def cut(self, trials: np.ndarray) -> "Session":
+        """The given trials only, laid back to back from 0 s in the given order (spikes, behaviour
+        samples in ``(start, end]`` and phases shifted; same session and unit ids). The part keeps the
+        recording's :attr:`identity` (its ``origin``): the held-out trials of a recording decode with
+        the embeddings learnt on its other trials."""
+        trials = np.asarray(trials, dtype=np.int64).reshape(-1)
+        times, units, tt, tg, ph, tr = [], [], [], [], [], []
+        clock = 0.0
+        for k in trials:
+            a, b = self.trials[k]
+            lo, hi = np.searchsorted(self.spike_times, [a, b], side="left")
+            times.append(self.spike_times[lo:hi] - a + clock)
+            units.append(self.spike_units[lo:hi])
+            sel = (self.target_times > a) & (self.target_times <= b)
+            tt.append(self.target_times[sel] - a + clock)
+            tg.append(self.targets[sel])
+            ph.append(self.phase[sel])
+            tr.append((clock, clock + (b - a)))
+            clock += b - a
+        seqs = [self.trial_labels_seq(int(k)) for k in trials]
+        offsets = np.concatenate([[0], np.cumsum([len(q) for q in seqs])]).astype(np.int64)
+        cat = lambda xs, like: np.concatenate(xs) if xs else like[:0]  # noqa: E731
+        return Session(
+            session_id=self.session_id, spike_times=cat(times, self.spike_times), spike_units=cat(units, self.spike_units),
+            unit_ids=list(self.unit_ids), target_times=cat(tt, self.target_times), targets=cat(tg, self.targets),
+            trials=np.asarray(tr, dtype=np.float64).reshape(-1, 2), subject=self.subject, task=self.task,
+            target_names=list(self.target_names), phase=cat(ph, self.phase), trial_labels=self.trial_labels[trials],
+            label_seq=cat(seqs, self.label_seq), label_offsets=offsets, n_classes=self.n_classes,
+            target_scale=self.target_scale, meta=dict(self.meta), origin=self.identity,
+        )
+
+    @property
     def duration(self) -> float:
         ends = [self.trials[-1, 1] if len(self.trials) else 0.0]
         if len(self.spike_times):
@@ -223,6 +261,7 @@ class Session:
             target_scale=np.float32(self.target_scale),
             meta=np.str_(json.dumps(self.meta)),
             fingerprint=np.str_(self.fingerprint),
+            **({"origin": np.str_(self.origin)} if self.origin else {}),
         )
         return path
 
@@ -298,6 +337,7 @@ class Session:
             n_classes=int(opt("n_classes", 0)),
             target_scale=float(opt("target_scale", 1.0)),
             meta=meta,
+            origin=str(opt("origin")) if opt("origin") is not None else None,
         )
 
 

@@ -6,6 +6,7 @@ epoch, with ``last.optim.safetensors`` for resuming) and ``metrics.jsonl`` (one 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -61,6 +62,8 @@ class TrainConfig:
     out: str = "runs/possm"
     progress: bool = True
     default_session: str | None = None
+    bin_jitter: bool = False
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # YAML can put any type anywhere: check them before any comparison
@@ -105,7 +108,7 @@ _FIELD_TYPES: dict[str, tuple[str, ...]] = {
     "lr": ("float",), "weight_decay": ("float",), "optimizer": ("str",), "flat_fraction": ("float",),
     "window_chunks": ("int",), "unit_dropout": ("float",), "phase_weights": ("dict",), "grad_clip": ("float",),
     "seed": ("int",), "device": ("str",), "num_threads": ("int", "none"), "out": ("str",), "progress": ("bool",),
-    "default_session": ("str", "none"),
+    "default_session": ("str", "none"), "bin_jitter": ("bool",), "ema": ("float",),
 }
 
 
@@ -181,7 +184,7 @@ def build_model(spec: dict[str, Any], sessions: list[Session], *, seed: int = 0)
     try:
         return POSSM(cfg, unit_ids=units, session_ids=[s.session_id for s in sessions],
                      session_units={s.session_id: list(s.unit_ids) for s in sessions},
-                     session_fingerprints={s.session_id: s.fingerprint for s in sessions})
+                     session_fingerprints={s.session_id: s.identity for s in sessions})
     except (TypeError, ValueError, RuntimeError) as exc:  # e.g. backbone_kwargs of the wrong type
         if isinstance(exc, ConfigError):
             raise
@@ -250,8 +253,39 @@ def best_so_far(out_dir: Path | None, start_epoch: int) -> dict:
     return best
 
 
+class WeightAverage:
+    """Exponential moving average of a model's parameters (``decay`` per optimiser step, with the usual
+    warm-up ``min(decay, (1 + n) / (10 + n))`` so that early steps are not swamped by the initial weights).
+    :meth:`swapped` puts the averaged weights into the model for validation and checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model, self.decay, self.n = model, float(decay), 0
+        self.shadow = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        self.n += 1
+        for a, p in zip(self.shadow, self.model.parameters()):
+            a.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        with torch.no_grad():
+            live = [p.detach().clone() for p in self.model.parameters()]
+            for a, p in zip(self.shadow, self.model.parameters()):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for v, p in zip(live, self.model.parameters()):
+                    p.copy_(v)
+
+
 def run_epoch(net: torch.nn.Module, model: POSSM, sampler: WindowSampler, batches, *, device, opt: torch.optim.Optimizer,
-              sched, params: list[torch.nn.Parameter], grad_clip: float | None, bar=None, epoch: int = 0) -> list[float]:
+              sched, params: list[torch.nn.Parameter], grad_clip: float | None, bar=None, epoch: int = 0,
+              average: WeightAverage | None = None) -> list[float]:
     """One optimiser step per batch of window indices in ``batches``; returns the step losses.
     ``net`` is ``model`` itself or its DistributedDataParallel wrapper (which averages the gradients
     over the ranks in ``backward``)."""
@@ -266,6 +300,8 @@ def run_epoch(net: torch.nn.Module, model: POSSM, sampler: WindowSampler, batche
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         sched.step()
+        if average is not None:
+            average.update()
         losses.append(loss.item())
         if bar is not None:
             bar.update(1)
@@ -302,7 +338,7 @@ def fit(
     sampler = WindowSampler(
         prepared, readout=readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
         phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
-        max_tokens=model.config.max_tokens_per_chunk, seed=cfg.seed + start_epoch,
+        max_tokens=model.config.max_tokens_per_chunk, seed=cfg.seed + start_epoch, bin_jitter=cfg.bin_jitter,
     )
     params = list(params) if params is not None else [p for p in model.parameters()]
     trainable = {id(p) for p in params}
@@ -325,13 +361,17 @@ def fit(
         bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step", dynamic_ncols=True)
     history: list[dict] = []
     best_state = None
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             t0 = time.perf_counter()
             losses = run_epoch(model, model, sampler, sampler.epoch(cfg.batch_size), device=device, opt=opt, sched=sched,
-                               params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch)
-            valid = evaluate_prepared(model, valid_prep, split="valid", device=device)
+                               params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch, average=average)
+            with average.swapped() if average is not None else contextlib.nullcontext():
+                valid = evaluate_prepared(model, valid_prep, split="valid", device=device)
+                if primary_metric(valid) > best["metric"]:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 2), "valid": valid}
             history.append(row)
@@ -339,7 +379,6 @@ def fit(
             improved = metric > best["metric"]
             if improved:
                 best = {"epoch": epoch, "metric": metric, "metrics": valid}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             log.info("epoch %d loss %.4f valid %s", epoch, row["train_loss"], {k: v for k, v in valid.items() if not isinstance(v, dict)})
             if out_dir is not None:
                 with open(out_dir / "metrics.jsonl", "a") as f:

@@ -161,3 +161,44 @@ def load_sessions_of(folder):
     from possm_plugin.session import load_sessions
 
     return load_sessions(folder)
+
+
+def test_held_out_trials_cut_from_a_recording_keep_its_identity(binned_file, tmp_path):
+    """A model trained on some trials of a recording decodes its other trials (``Session.cut`` keeps the
+    recording's identity, also through a session file); a recording with other spikes is still refused."""
+    rec = load_binned(binned_file, session_id="rec")
+    train, test = rec.cut(np.arange(0, 18)), rec.cut(np.arange(18, 24))
+    assert train.fingerprint != test.fingerprint != rec.fingerprint  # their own spikes differ
+    assert train.identity == test.identity == rec.fingerprint
+    model = build_model(TINY_SPEC, [train], seed=0)
+    assert model.session_fingerprints == {"rec": rec.fingerprint}
+    prepare_sessions(model, [test])  # accepted: the same recording
+    back = Session.load(test.save(tmp_path / "test.npz"))
+    assert back.identity == rec.fingerprint and back.fingerprint == test.fingerprint
+    prepare_sessions(model, [back])
+    other = dataclasses.replace(test, spike_times=test.spike_times + 1e-3, origin=None)  # other content, same id
+    with pytest.raises(DataError, match=r"session 'rec' is not the recording"):
+        prepare_sessions(model, [other])
+
+
+def test_bin_jitter_moves_spikes_only_inside_their_bins(binned_file):
+    """Training windows of a binned session with ``bin_jitter``: every spike at a new time, in its own bin."""
+    from possm_plugin.data import WindowSampler
+
+    rec = load_binned(binned_file, session_id="rec")
+    model = build_model(TINY_SPEC, [rec], seed=0)
+    ps = prepare_sessions(model, [rec])[0]
+    assert ps.bin_s == pytest.approx(0.1)
+    plain = ps.chunks(3, 10)  # chunks 3..12: 0.15 s .. 0.65 s, a window starting mid-bin
+    moved = ps.chunks(3, 10, rng=np.random.default_rng(0))
+
+    def per_bin(ch):
+        m = ch.mask & (ch.units > 0)
+        t = ch.times[m] + np.repeat(ch.starts, m.sum(1))  # absolute times
+        return np.bincount(np.floor(t / 0.1 + 1e-9).astype(int), minlength=8)[2:6], np.sort(t)
+
+    (c0, t0), (c1, t1) = per_bin(plain), per_bin(moved)
+    np.testing.assert_array_equal(c0, c1)  # whole bins 0.2-0.6 s keep their counts
+    assert not np.allclose(t0, t1)
+    s = WindowSampler([ps], readout="regression", window_chunks=10, n_units=model.n_units, seed=0, bin_jitter=True)
+    assert s.bin_jitter
