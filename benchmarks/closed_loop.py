@@ -40,7 +40,8 @@ def run(args) -> dict:
                            task=TaskConfig(), user=UserConfig(feedback_delay_s=args.feedback_delay))
     load0 = os.getloadavg()
     t = time.perf_counter()
-    report = run_experiment(args.decoders, args.seeds, cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    report = run_experiment(args.decoders, args.seeds, cfg, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                            delays=args.sweep_delays)
     report["details"]["machine"] = {
         "wall_s": round(time.perf_counter() - t, 1), "cpus": os.cpu_count(), "threads": args.threads,
         "load_start": [round(x, 2) for x in load0], "load_end": [round(x, 2) for x in os.getloadavg()],
@@ -104,6 +105,20 @@ def write_report(report: dict, md: Path, png: Path) -> None:
     counts = det["counts"]
     old = md.read_text() if md.exists() else ""
     discussion = old.split(MARK, 1)[1] if MARK in old else "\n"
+    sweep = det.get("delay_sweep", {})
+    sweep_rows = []
+    if sweep:
+        delays = sorted({d for by in sweep.values() for d in by} | {f"{cfg['user']['feedback_delay_s']:g}"}, key=float)
+        sweep_rows = ["| decoder | " + " | ".join(f"delay {d} s: success, median TTT (s)" for d in delays) + " |",
+                      "| --- |" + " --- |" * len(delays)]
+        for n, by in sweep.items():
+            cells = []
+            for d in delays:
+                m = by.get(d) or (report["decoders"][n] if float(d) == cfg["user"]["feedback_delay_s"] else None)
+                cells.append("-" if m is None else f"{_f(m['success_rate'])}, {_f(m['time_to_target_s']['median'])}")
+            sweep_rows.append(f"| `{n}` | " + " | ".join(cells) + " |")
+    ol = "; ".join(f"`{n}` " + ", ".join(_f(v.get(n, {}).get("open_loop_r2"), "{:.3f}") for v in fit.values())
+                   for n in report["decoders"] if n != "oracle")
     lines = [
         "# Closed loop: a simulated BCI user steering a cursor",
         "",
@@ -129,6 +144,11 @@ def write_report(report: dict, md: Path, png: Path) -> None:
         "",
         f"POSSM validation R2 after unit identification on the calibration block (last 20 % of its trials): {r2}.",
         "",
+        f"Open-loop R2 (mean of vx, vy) on a held-out 30 s open-loop block of the same session, decoded chunk by chunk "
+        f"through the same loop decoders, per seed: {ol}.",
+        "",
+        *(["Feedback delay (same calibrated decoders, same seeds and trials; the user's other settings unchanged):", "",
+           *sweep_rows, ""] if sweep_rows else []),
         "## Setup",
         "",
         f"- Task: {cfg['task']['layout']}, 8 targets at {cfg['task']['radius_cm']} cm, target radius "
@@ -163,6 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--ui-epochs", type=int, default=15)
     p.add_argument("--feedback-delay", type=float, default=0.15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sweep-delays", type=float, nargs="*", default=[0.05, 0.3],
+                   help="feedback delays (s) to rerun every calibrated decoder at, for the report's delay table")
     args = p.parse_args(argv)
     src = DOCS / "closed-loop.json"
     if args.report and not args.run:

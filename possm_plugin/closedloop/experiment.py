@@ -11,6 +11,7 @@ bundled checkpoint was trained on; session indices it was not trained on), a cal
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -110,10 +111,11 @@ def trajectories(res: LoopResult, *, max_trials: int = 16) -> list[dict]:
     return out
 
 
-def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None) -> dict:
+def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None, delays=()) -> dict:
     """Run every decoder in ``names`` on every seed; returns ``{"decoders": {name: metrics}, "seeds",
     "trials", "details"}`` (metrics pooled over the seeds' trials; ``details``: per seed metrics, fit
-    info, counts, the first seed's trajectories and the configuration)."""
+    info, counts, the first seed's trajectories and the configuration). ``delays``: feedback delays (s)
+    to rerun every calibrated decoder at as well, into ``details["delay_sweep"][name][delay]``."""
     names = list(names)
     for n in names:
         if n not in DECODERS:
@@ -122,6 +124,7 @@ def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None) -> dic
     pooled: dict[str, list] = {n: [] for n in names}
     details: dict = {"per_seed": {n: {} for n in names}, "fit": {}, "trajectories": {}, "config": cfg.to_dict(),
                      "counts": {n: {"trials": 0, "reentries": 0, "breaks": 0, "timeouts": 0} for n in names}}
+    sweep: dict[str, dict[str, list]] = {n: {f"{d:g}": [] for d in delays} for n in names}
     t_all = time.perf_counter()
     for seed in seeds:
         stream = MotorSpikeStream(cfg.session_index + seed, subject=cfg.subject, noise_seed=seed)
@@ -151,5 +154,11 @@ def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None) -> dic
             log.info(msg)
             if progress:
                 progress(msg)
+            for d in delays:
+                user = dataclasses.replace(cfg.user, feedback_delay_s=float(d))
+                r = run_loop(decoders[name], copy.deepcopy(stream), n_trials=cfg.trials, seed=seed, task=cfg.task, user=user)
+                sweep[name][f"{d:g}"] += trial_metrics(r.trials, target_radius_cm=cfg.task.target_radius_cm)
+    if delays:
+        details["delay_sweep"] = {n: {d: summarize(v) for d, v in by.items()} for n, by in sweep.items()}
     details["wall_s"] = round(time.perf_counter() - t_all, 1)
     return {"decoders": {n: summarize(pooled[n]) for n in names}, "seeds": seeds, "trials": cfg.trials, "details": details}
