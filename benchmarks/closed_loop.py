@@ -157,7 +157,8 @@ def write_report(report: dict, md: Path, png: Path) -> None:
         f"- User: feedback delay {cfg['user']['feedback_delay_s']} s, max speed {cfg['user']['max_speed_cm_s']} cm/s, "
         f"gain {cfg['user']['gain']} /s, motor noise {cfg['user']['noise_cm_s']} cm/s per chunk.",
         f"- Session: simulated subject {cfg['subject']}, session index {cfg['session_index']} + seed; calibration block "
-        f"{cfg['calibration_s']} s; POSSM: unit identification for {cfg['ui_epochs']} epochs from "
+        f"{cfg['calibration_s']} s; POSSM: unit identification (new unit and session embeddings and the latent queries) "
+        f"for {cfg['ui_epochs']} epochs at lr 1e-2 from "
         f"{cfg['checkpoint'] or 'the bundled checkpoint'}; Wiener (5 lags, ridge chosen on the block), Kalman "
         "(velocity state, steady-state gain).",
         "- The simulated cortex encodes the intent `delay_s` (the subject's longest lead, about 0.15 s) ahead of the "

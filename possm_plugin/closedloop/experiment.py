@@ -43,7 +43,7 @@ class ExperimentConfig:
     subject: str = "m0"
     session_index: int = 10
     calibration_s: float = 120.0
-    ui_epochs: int = 10
+    ui_epochs: int = 15
     checkpoint: str | None = None
     task: TaskConfig = field(default_factory=TaskConfig)
     user: UserConfig = field(default_factory=UserConfig)
