@@ -119,6 +119,10 @@ def write_report(report: dict, md: Path, png: Path) -> None:
             sweep_rows.append(f"| `{n}` | " + " | ".join(cells) + " |")
     ol = "; ".join(f"`{n}` " + ", ".join(_f(v.get(n, {}).get("open_loop_r2"), "{:.3f}") for v in fit.values())
                    for n in report["decoders"] if n != "oracle")
+    gain = "; ".join(f"`{n}` " + ", ".join(f"{_f(v.get(n, {}).get('closed_loop_gain'))} ({_f(v.get(n, {}).get('closed_loop_gain_slow'))})"
+                                          for v in fit.values()) for n in report["decoders"] if n != "oracle")
+    cl = "; ".join(f"`{n}` " + ", ".join(_f(v.get(n, {}).get("closed_loop_r2"), "{:.3f}") for v in fit.values())
+                   for n in report["decoders"] if n != "oracle")
     lines = [
         "# Closed loop: a simulated BCI user steering a cursor",
         "",
@@ -145,7 +149,10 @@ def write_report(report: dict, md: Path, png: Path) -> None:
         f"POSSM validation R2 after unit identification on the calibration block (last 20 % of its trials): {r2}.",
         "",
         f"Open-loop R2 (mean of vx, vy) on a held-out 30 s open-loop block of the same session, decoded chunk by chunk "
-        f"through the same loop decoders, per seed: {ol}.",
+        f"through the same loop decoders, per seed: {ol}. In the loop (decoded velocity against the intent the "
+        f"simulated cortex encoded `delay_s` earlier, all chunks of the {report['trials']} trials), per seed: {cl}. "
+        f"Gain of the decoded velocity on that intent (least squares; in brackets: chunks whose intent is under "
+        f"10 cm/s), per seed: {gain}.",
         "",
         *(["Feedback delay (same calibrated decoders, same seeds and trials; the user's other settings unchanged):", "",
            *sweep_rows, ""] if sweep_rows else []),

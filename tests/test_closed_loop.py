@@ -229,3 +229,26 @@ def test_open_loop_r2_through_the_loop_decoder_equals_predict(calibrated):
     dec = BaselineLoopDecoder(wiener, unit_ids=stream.unit_ids, chunk_s=0.05)
     want = float(np.mean(r2_score(bin_session(test).targets, wiener.predict(test))))
     assert open_loop_r2(dec, test) == pytest.approx(want, abs=1e-4)
+
+
+def test_closed_loop_r2_of_the_oracle_is_one_at_zero_delay(calibrated):
+    from possm_plugin.closedloop.experiment import closed_loop_r2
+
+    res = _run(OracleDecoder(), calibrated[0], n_trials=4)
+    assert closed_loop_r2(res, 0.0) == pytest.approx(1.0)
+    assert closed_loop_r2(res, 0.15) < 0.99
+
+
+def test_closed_loop_gain_of_a_halving_decoder(calibrated):
+    from possm_plugin.closedloop.decoders import LoopDecoder
+    from possm_plugin.closedloop.experiment import closed_loop_gain
+
+    class Half(LoopDecoder):
+        name = "half"
+
+        def step(self, times, units, t_end, intent):
+            return 0.5 * np.asarray(intent, np.float32)
+
+    res = _run(Half(), calibrated[0], n_trials=3)
+    assert closed_loop_gain(res, 0.0) == pytest.approx(0.5, rel=1e-5)
+    assert closed_loop_gain(res, 0.0, max_speed=10.0) == pytest.approx(0.5, rel=1e-5)

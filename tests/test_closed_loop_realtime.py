@@ -48,3 +48,18 @@ def test_realtime_loop_matches_in_process_decoding(tmp_path):
     np.testing.assert_allclose(res.decoded[:3], offline[:3], atol=2e-3)
     err = np.abs(res.decoded[fresh] - offline[fresh]).mean()
     assert err < 0.1 * np.abs(offline[fresh]).mean()
+
+
+def test_cli_realtime_runs_possm_over_lsl(tmp_path, capsys):
+    import json
+
+    from possm_plugin.cli.main import main
+
+    rc = main(["--log-level", "WARNING", "closed-loop", "--decoder", "possm", "--trials", "2", "--calibration", "20",
+               "--ui-epochs", "1", "--timeout", "2", "--realtime", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trials"] == 2 and "possm" in out["decoders"]
+    rt = json.loads((tmp_path / "closed-loop.json").read_text())["details"]["loop"]["0"]["possm"]
+    assert rt["chunks"] >= 2 * 0.5 / 0.05 and rt["fresh"] >= 0.8 * rt["chunks"], rt
+    assert '"chunks_decoded"' in rt["node_summary"]

@@ -27,7 +27,7 @@ from .runner import CHUNK_S, LoopResult, run_loop
 from .task import TaskConfig
 from .user import UserConfig
 
-__all__ = ["ExperimentConfig", "DECODERS", "build_decoders", "run_experiment", "trajectories", "open_loop_r2"]
+__all__ = ["ExperimentConfig", "DECODERS", "build_decoders", "run_experiment", "trajectories", "open_loop_r2", "closed_loop_r2", "closed_loop_gain"]
 
 log = logging.getLogger("possm_plugin.closedloop")
 
@@ -95,6 +95,31 @@ def open_loop_r2(decoder: LoopDecoder, session) -> float:
     return float(np.mean(r2_score(b.targets, pred)))
 
 
+def closed_loop_r2(res: LoopResult, delay_s: float) -> float:
+    """R2 (mean of vx, vy) of the velocities decoded in the loop against the user's intent ``delay_s``
+    earlier (the cursor velocity the spikes stand for; see :mod:`possm_plugin.sim.motor_stream`): how
+    well the decoder reads the user while the user reacts to it, beside its open-loop R2."""
+    from ..metrics import r2_score
+
+    d = int(round(delay_s / CHUNK_S))
+    if len(res.decoded) <= d + 2:
+        return float("nan")
+    return float(np.mean(r2_score(res.intent[: len(res.intent) - d], res.decoded[d:])))
+
+
+def closed_loop_gain(res: LoopResult, delay_s: float, *, max_speed: float | None = None) -> float:
+    """Least-squares gain of the decoded velocity on the intent ``delay_s`` earlier (1: the decoder moves
+    the cursor as fast as the user means; below 1: it damps what the user means), over the chunks whose
+    delayed intent is slower than ``max_speed`` cm/s (None: all)."""
+    d = int(round(delay_s / CHUNK_S))
+    x, y = res.intent[: len(res.intent) - d], res.decoded[d:]
+    if max_speed is not None:
+        keep = np.hypot(x[:, 0], x[:, 1]) < max_speed
+        x, y = x[keep], y[keep]
+    den = float(np.sum(x * x))
+    return float(np.sum(x * y) / den) if den > 0 else float("nan")
+
+
 def trajectories(res: LoopResult, *, max_trials: int = 16) -> list[dict]:
     """Cursor paths of the first ``max_trials`` trials that start near the centre (centre-out reaches),
     from onset to end, rounded to 0.01 cm: ``[{"target": [x, y], "outcome": str, "xy": [[x, y], ...]}]``."""
@@ -111,11 +136,18 @@ def trajectories(res: LoopResult, *, max_trials: int = 16) -> list[dict]:
     return out
 
 
-def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None, delays=()) -> dict:
+def _in_process(name, decoder, stream, *, seed, cfg, user):
+    return run_loop(decoder, stream, n_trials=cfg.trials, seed=seed, task=cfg.task, user=user), None
+
+
+def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None, delays=(), loop=_in_process) -> dict:
     """Run every decoder in ``names`` on every seed; returns ``{"decoders": {name: metrics}, "seeds",
     "trials", "details"}`` (metrics pooled over the seeds' trials; ``details``: per seed metrics, fit
     info, counts, the first seed's trajectories and the configuration). ``delays``: feedback delays (s)
-    to rerun every calibrated decoder at as well, into ``details["delay_sweep"][name][delay]``."""
+    to rerun every calibrated decoder at as well, into ``details["delay_sweep"][name][delay]``.
+    ``loop(name, decoder, stream, *, seed, cfg, user) -> (LoopResult, extra)`` runs one block (default:
+    :func:`~.runner.run_loop` in process; :mod:`.realtime` passes its own); a non-None ``extra`` is
+    kept in ``details["loop"][seed][name]``."""
     names = list(names)
     for n in names:
         if n not in DECODERS:
@@ -138,7 +170,13 @@ def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None, delays
         details["fit"][str(seed)] = info
         for name in names:
             t = time.perf_counter()
-            res = run_loop(decoders[name], copy.deepcopy(stream), n_trials=cfg.trials, seed=seed, task=cfg.task, user=cfg.user)
+            res, extra = loop(name, decoders[name], copy.deepcopy(stream), seed=seed, cfg=cfg, user=cfg.user)
+            if extra is not None:
+                details.setdefault("loop", {}).setdefault(str(seed), {})[name] = extra
+            if name != "oracle":
+                info[name]["closed_loop_r2"] = round(closed_loop_r2(res, stream.delay_s), 4)
+                info[name]["closed_loop_gain"] = round(closed_loop_gain(res, stream.delay_s), 4)
+                info[name]["closed_loop_gain_slow"] = round(closed_loop_gain(res, stream.delay_s, max_speed=10.0), 4)
             per = trial_metrics(res.trials, target_radius_cm=cfg.task.target_radius_cm)
             pooled[name] += per
             m = summarize(per)
@@ -156,7 +194,7 @@ def run_experiment(names, seeds, cfg: ExperimentConfig, *, progress=None, delays
                 progress(msg)
             for d in delays:
                 user = dataclasses.replace(cfg.user, feedback_delay_s=float(d))
-                r = run_loop(decoders[name], copy.deepcopy(stream), n_trials=cfg.trials, seed=seed, task=cfg.task, user=user)
+                r, _ = loop(name, decoders[name], copy.deepcopy(stream), seed=seed, cfg=cfg, user=user)
                 sweep[name][f"{d:g}"] += trial_metrics(r.trials, target_radius_cm=cfg.task.target_radius_cm)
     if delays:
         details["delay_sweep"] = {n: {d: summarize(v) for d, v in by.items()} for n, by in sweep.items()}

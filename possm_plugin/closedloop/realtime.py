@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import PossmError, StreamError
 from .decoders import LoopDecoder
 
-__all__ = ["LslLoopDecoder", "run_realtime_experiment", "start_node"]
+__all__ = ["LslLoopDecoder", "realtime_loop", "run_realtime_experiment", "start_node"]
 
 log = logging.getLogger("possm_plugin.closedloop")
 
@@ -154,68 +154,40 @@ def _stop(proc: subprocess.Popen | None) -> str:
     return stop(proc)[0]
 
 
-def run_realtime_experiment(names, seeds, cfg, *, wait_s: float = 0.03, progress=None) -> dict:
-    """As :func:`~.experiment.run_experiment`, but POSSM runs in a ``possm-lsl`` process over LSL, in
-    real time (other decoders still run in process). ``details["realtime"]`` holds per seed the count of
-    chunks whose own prediction arrived in time (``fresh``), missed it (``stale``), and the latency
+def realtime_loop(name, decoder, stream, *, seed, cfg, user, wait_s: float = 0.03):
+    """One block of :func:`~.experiment.run_experiment` with POSSM in a ``possm-lsl`` process over LSL, in
+    real time (other decoders run in process). Returns ``(LoopResult, extra)``; ``extra`` for POSSM: the
+    chunks whose own prediction arrived within ``wait_s`` (``fresh``), missed it (``stale``), and the time
     from a chunk's end to its prediction's arrival (ms)."""
-    import copy
-
     from ..checkpoint import save_checkpoint
-    from ..sim.motor_stream import MotorSpikeStream
-    from .calibration import calibration_session
-    from .experiment import build_decoders, trajectories
-    from .metrics import summarize, trial_metrics
     from .runner import run_loop
 
-    names, seeds = list(names), [int(s) for s in seeds]
-    pooled = {n: [] for n in names}
-    details = {"per_seed": {n: {} for n in names}, "fit": {}, "trajectories": {}, "config": cfg.to_dict(), "realtime": {},
-               "counts": {n: {"trials": 0, "reentries": 0, "breaks": 0, "timeouts": 0} for n in names}}
-    t_all = time.perf_counter()
-    for seed in seeds:
-        stream = MotorSpikeStream(cfg.session_index + seed, subject=cfg.subject, noise_seed=seed)
-        cal = calibration_session(stream, duration_s=cfg.calibration_s, seed=seed, radius_cm=cfg.task.radius_cm)
-        decoders, info = build_decoders(names, stream, cal, cfg, seed=seed)
-        details["fit"][str(seed)] = info
-        for name in names:
-            node = None
-            dec = decoders[name]
-            try:
-                if name == "possm":
-                    tmp = Path(tempfile.mkdtemp(prefix="possm-closed-loop-"))
-                    ckpt = save_checkpoint(dec.model, tmp / "adapted", default_session=stream.session_id)
-                    tag = f"{os.getpid()}-{seed}"
-                    node = start_node(ckpt, inlet=f"possm-cl-spikes-{tag}", outlet=f"possm-cl-pred-{tag}")
-                    dec = LslLoopDecoder(stream.unit_ids, session_id=stream.session_id, name=f"possm-cl-spikes-{tag}",
-                                         outlet=f"possm-cl-pred-{tag}", wait_s=wait_s, node=node)
-                res = run_loop(dec, copy.deepcopy(stream), n_trials=cfg.trials, seed=seed, task=cfg.task, user=cfg.user)
-            finally:
-                summary = _stop(node) if node is not None else ""
-                if name == "possm":
-                    shutil.rmtree(tmp, ignore_errors=True)
-            if name == "possm":
-                lat = np.asarray(dec.stats["latency_ms"])
-                details["realtime"][str(seed)] = {
-                    "chunks": dec.stats["chunks"], "fresh": dec.stats["fresh"], "stale": dec.stats["stale"], "none": dec.stats["none"],
-                    "latency_ms": {"p50": float(np.percentile(lat, 50)) if len(lat) else None,
-                                   "p99": float(np.percentile(lat, 99)) if len(lat) else None},
-                    "node_summary": summary.strip()[-2000:],
-                }
-            per = trial_metrics(res.trials, target_radius_cm=cfg.task.target_radius_cm)
-            pooled[name] += per
-            m = summarize(per)
-            details["per_seed"][name][str(seed)] = m
-            c = details["counts"][name]
-            c["trials"] += len(per)
-            c["reentries"] += sum(r["reentries"] for r in per)
-            c["breaks"] += sum(r["breaks"] for r in per)
-            c["timeouts"] += sum(not r["success"] for r in per)
-            if seed == seeds[0]:
-                details["trajectories"][name] = trajectories(res)
-            msg = f"seed {seed} {name} (real time): success {m['success_rate']:.2f}, {len(res.t_end)} chunks"
-            log.info(msg)
-            if progress:
-                progress(msg)
-    details["wall_s"] = round(time.perf_counter() - t_all, 1)
-    return {"decoders": {n: summarize(pooled[n]) for n in names}, "seeds": seeds, "trials": cfg.trials, "details": details}
+    if name != "possm":
+        return run_loop(decoder, stream, n_trials=cfg.trials, seed=seed, task=cfg.task, user=user), None
+    tmp = Path(tempfile.mkdtemp(prefix="possm-closed-loop-"))
+    node = None
+    try:
+        ckpt = save_checkpoint(decoder.model, tmp / "adapted", default_session=stream.session_id)
+        tag = f"{os.getpid()}-{seed}-{time.monotonic_ns()}"
+        node = start_node(ckpt, inlet=f"possm-cl-spikes-{tag}", outlet=f"possm-cl-pred-{tag}")
+        dec = LslLoopDecoder(stream.unit_ids, session_id=stream.session_id, name=f"possm-cl-spikes-{tag}",
+                             outlet=f"possm-cl-pred-{tag}", wait_s=wait_s, node=node)
+        res = run_loop(dec, stream, n_trials=cfg.trials, seed=seed, task=cfg.task, user=user)
+    finally:
+        summary = _stop(node) if node is not None else ""
+        shutil.rmtree(tmp, ignore_errors=True)
+    lat = np.asarray(dec.stats["latency_ms"])
+    extra = {
+        "chunks": dec.stats["chunks"], "fresh": dec.stats["fresh"], "stale": dec.stats["stale"], "none": dec.stats["none"],
+        "latency_ms": {"p50": float(np.percentile(lat, 50)) if len(lat) else None,
+                       "p99": float(np.percentile(lat, 99)) if len(lat) else None},
+        "node_summary": summary.strip()[-2000:],
+    }
+    return res, extra
+
+
+def run_realtime_experiment(names, seeds, cfg, *, progress=None) -> dict:
+    """:func:`~.experiment.run_experiment` with :func:`realtime_loop`: POSSM over LSL in real time."""
+    from .experiment import run_experiment
+
+    return run_experiment(names, seeds, cfg, progress=progress, loop=realtime_loop)
