@@ -252,3 +252,22 @@ def test_closed_loop_gain_of_a_halving_decoder(calibrated):
     res = _run(Half(), calibrated[0], n_trials=3)
     assert closed_loop_gain(res, 0.0) == pytest.approx(0.5, rel=1e-5)
     assert closed_loop_gain(res, 0.0, max_speed=10.0) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_stream_keeps_the_refractory_period_across_chunks():
+    s = MotorSpikeStream(SESSION, noise_seed=4)
+    times, units = [], []
+    for _ in range(400):  # fast movement: high rates, 10 ms chunks
+        t, u = s.step(np.array([[40.0, 0.0]]))
+        times.append(t)
+        units.append(u)
+    t, u = np.concatenate(times), np.concatenate(units)
+    order = np.lexsort((t, u))
+    t, u = t[order], u[order]
+    same = u[1:] == u[:-1]
+    assert np.all(np.diff(t)[same] >= s.refractory_s - 1e-12)
+
+
+def test_runner_rejects_a_chunk_off_the_rows(calibrated):
+    with pytest.raises(ConfigError, match="chunk_s"):
+        run_loop(ZeroDecoder(), calibrated[0], n_trials=1, chunk_s=0.055)

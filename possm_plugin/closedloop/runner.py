@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..sim.motor_stream import MotorSpikeStream
 from ..sim.spiking import DT_S, make_rng
 from ..tokenize import chunk_starts
@@ -78,7 +79,7 @@ def run_loop(
     user_cfg = user or UserConfig()
     rows = int(round(chunk_s / DT_S))
     if abs(rows * DT_S - chunk_s) > 1e-12:
-        raise ValueError(f"chunk_s={chunk_s} must be a whole number of {DT_S} s rows")
+        raise ConfigError(f"chunk_s={chunk_s} must be a whole number of {DT_S} s rows, e.g. 0.05")
     k0 = int(round(stream.t / chunk_s))
     t0 = float(chunk_starts(0.0, k0 + 1, chunk_s)[-1])
     the_task = CursorTask(task_cfg, n_trials=n_trials, rng=make_rng(seed, "closed-loop-task"), t0=t0)

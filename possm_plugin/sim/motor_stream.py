@@ -162,6 +162,6 @@ class MotorSpikeStream:
         if self.refractory_s > 0 and len(times):  # refractory across the previous call's last spikes
             keep = times - self._last_spike[units] >= self.refractory_s
             times, units = times[keep], units[keep]
-            self._last_spike[units] = times  # sorted ascending: the last assignment per unit wins
+            np.maximum.at(self._last_spike, units, times)
         self.rows += n
         return times, units
