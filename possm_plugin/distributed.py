@@ -355,7 +355,8 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
     opt = make_optimizer(model, params, cfg)
     if optim_state is not None:
         _load_optim(opt, optim_state)
-    total, offset = steps * cfg.epochs, steps * start_epoch
+    epochs = cfg.epochs_for(steps)
+    total, offset = steps * epochs, steps * start_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: flat_cosine(s + offset, total, flat_fraction=cfg.flat_fraction))
     net: torch.nn.Module = model
     if ctx.distributed:
@@ -381,7 +382,7 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
     history: list[dict] = []
     best_state = None
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, epochs):
             net.train()
             t0 = time.perf_counter()
             losses = run_epoch(net, model, sampler, epoch_batches(sampler, cfg.batch_size, steps), device=ctx.device, opt=opt,

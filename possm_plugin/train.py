@@ -30,7 +30,7 @@ from .model import POSSM
 from .optim import Lamb, flat_cosine
 from .session import Session, load_sessions
 
-__all__ = ["TrainConfig", "load_train_config", "build_model", "model_for_run", "make_optimizer", "train", "fit", "primary_metric"]
+__all__ = ["RECIPE", "TrainConfig", "load_train_config", "build_model", "model_for_run", "make_optimizer", "train", "fit", "primary_metric"]
 
 log = logging.getLogger("possm_plugin.train")
 
@@ -41,12 +41,21 @@ class TrainConfig:
 
     ``model`` is either a full :class:`ModelConfig` mapping or ``{preset: small|opossm, backbone: ...,
     <any ModelConfig field>: override}``.
+
+    These field defaults are the library's; ``possm train`` starts from the recipe instead
+    (:data:`possm_plugin.recipe.RECIPE`), under whatever a config file or flag sets. Budget: ``epochs``
+    passes over the training windows, and at least ``min_steps`` optimiser steps (small sessions get
+    more epochs). ``bin_jitter``: spikes of sessions imported from binned counts are placed anew at
+    random inside their bins in every training window (their placement was invented at import).
+    ``ema``: decay per step of an exponential moving average of the weights, which validation and the
+    saved checkpoints use (0: off).
     """
 
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "small", "backbone": "gru"})
     data: str | None = None
     valid_fraction: float = 0.2
     epochs: int = 30
+    min_steps: int = 0
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -62,7 +71,7 @@ class TrainConfig:
     out: str = "runs/possm"
     progress: bool = True
     default_session: str | None = None
-    bin_jitter: bool = False
+    bin_jitter: bool = True
     ema: float = 0.0
 
     def __post_init__(self) -> None:
@@ -87,6 +96,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"train config: {name}={v!r} must be a positive integer")
+        if not isinstance(self.min_steps, int) or self.min_steps < 0:
+            raise ConfigError(f"train config: min_steps={self.min_steps!r} must be an integer >= 0")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train config: ema={self.ema!r} is the weight average's decay per step, in [0, 1) (0: off)")
         if not 0 < self.lr < 1:
             raise ConfigError(f"train config: lr={self.lr!r} must be in (0, 1)")
         if not 0 < self.unit_dropout <= 1:
@@ -97,14 +110,25 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"train config: phase_weights has unknown phases {sorted(unknown)}")
 
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs to run: ``epochs``, or more when that is fewer than ``min_steps`` optimiser steps."""
+        return max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch)))
+
     @property
     def phase_weight_tuple(self) -> tuple[float, float, float]:
         pw = {"other": 1.0, "hold": 0.1, "reach": 5.0, **self.phase_weights}
         return (float(pw["other"]), float(pw["hold"]), float(pw["reach"]))
 
 
+#: What ``possm train`` uses where a config file and the flags say nothing: the recipe measured on real
+#: binned recordings (``benchmarks/real.py``, docs/real-data.md) and on short simulated sessions. Small
+#: batches and at least 600 optimiser steps (a few minutes of data are only 6-13 batches an epoch), spikes
+#: re-placed inside their bins in every window (binned data only), and the average of the weights.
+RECIPE: dict[str, Any] = {"batch_size": 16, "lr": 2e-3, "unit_dropout": 1.0, "min_steps": 600, "epochs": 30,
+                          "bin_jitter": True, "ema": 0.99}
+
 _FIELD_TYPES: dict[str, tuple[str, ...]] = {
-    "model": ("dict",), "data": ("str", "none"), "valid_fraction": ("float",), "epochs": ("int",), "batch_size": ("int",),
+    "model": ("dict",), "data": ("str", "none"), "valid_fraction": ("float",), "epochs": ("int",), "min_steps": ("int",), "batch_size": ("int",),
     "lr": ("float",), "weight_decay": ("float",), "optimizer": ("str",), "flat_fraction": ("float",),
     "window_chunks": ("int",), "unit_dropout": ("float",), "phase_weights": ("dict",), "grad_clip": ("float",),
     "seed": ("int",), "device": ("str",), "num_threads": ("int", "none"), "out": ("str",), "progress": ("bool",),
@@ -113,7 +137,7 @@ _FIELD_TYPES: dict[str, tuple[str, ...]] = {
 
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Read a YAML training config (safe loader; unknown keys rejected); ``overrides`` win."""
+    """Read a YAML training config (safe loader; unknown keys rejected) over :data:`RECIPE`; ``overrides`` win."""
     doc: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -140,6 +164,10 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
         else:
             flat[key] = val
     flat.update({k: v for k, v in overrides.items() if v is not None})
+    given = set(flat)
+    if "min_steps" not in given and "epochs" in given:  # asked for N epochs: exactly N, not the recipe's floor
+        flat["min_steps"] = 0
+    flat = {**copy.deepcopy(RECIPE), **flat}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(flat) - known)
     if unknown:
@@ -348,7 +376,8 @@ def fit(
     if optim_state is not None:
         _load_optim(opt, optim_state)
     steps_per_epoch = len(sampler.epoch(cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
+    epochs = cfg.epochs_for(steps_per_epoch)
+    total = steps_per_epoch * epochs
     offset = start_epoch * steps_per_epoch  # resuming: continue the schedule where it stopped
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: flat_cosine(s + offset, total, flat_fraction=cfg.flat_fraction))
     best = best_so_far(out_dir, start_epoch)
@@ -361,34 +390,35 @@ def fit(
         bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step", dynamic_ncols=True)
     history: list[dict] = []
     best_state = None
-    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None  # a resumed run starts a new average
+    ds = cfg.default_session if cfg.default_session in model.session_vocab else None
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, epochs):
             model.train()
             t0 = time.perf_counter()
             losses = run_epoch(model, model, sampler, sampler.epoch(cfg.batch_size), device=device, opt=opt, sched=sched,
                                params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch, average=average)
+            meta = {"epoch": epoch, "train": {**dataclasses.asdict(cfg), "epochs_run": epochs}}
+            # validation, the best state and best.* use the averaged weights (when averaging)
             with average.swapped() if average is not None else contextlib.nullcontext():
                 valid = evaluate_prepared(model, valid_prep, split="valid", device=device)
-                if primary_metric(valid) > best["metric"]:
+                meta["valid"] = valid
+                metric = primary_metric(valid)
+                improved = metric > best["metric"]
+                if improved:
+                    best = {"epoch": epoch, "metric": metric, "metrics": valid}
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if out_dir is not None:
+                        save_checkpoint(model, out_dir / "best", meta=meta, default_session=ds)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 2), "valid": valid}
             history.append(row)
-            metric = primary_metric(valid)
-            improved = metric > best["metric"]
-            if improved:
-                best = {"epoch": epoch, "metric": metric, "metrics": valid}
             log.info("epoch %d loss %.4f valid %s", epoch, row["train_loss"], {k: v for k, v in valid.items() if not isinstance(v, dict)})
             if out_dir is not None:
                 with open(out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-                meta = {"epoch": epoch, "valid": valid, "train": dataclasses.asdict(cfg)}
-                ds = cfg.default_session if cfg.default_session in model.session_vocab else None
-                save_checkpoint(model, out_dir / "last", meta=meta, default_session=ds)
+                save_checkpoint(model, out_dir / "last", meta=meta, default_session=ds)  # the live weights: resume
                 _save_optim(opt, out_dir / "last.optim.safetensors", {"epoch": epoch})
-                if improved:
-                    save_checkpoint(model, out_dir / "best", meta=meta, default_session=ds)
             if on_epoch is not None:
                 on_epoch(row)
     finally:

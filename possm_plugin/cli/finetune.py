@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..finetune import finetune
+from ..recipe import UI_LR, recipe_config
+from ..train import RECIPE
 from ..session import load_sessions
 
 
@@ -17,11 +19,11 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", help="checkpoint to start from (default: the bundled one)")
     p.add_argument("--data", required=True, help="directory (or .npz file) of the new sessions")
     p.add_argument("--mode", choices=["ui", "ft"], default="ui", help="ui: only new unit/session embeddings; ft: ui, then all")
-    p.add_argument("--epochs", type=int, default=30, help="total epochs")
+    p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's, at least 600 optimiser steps per stage)")
     p.add_argument("--ui-epochs", type=int, help="ft: unit-identification epochs before unfreezing (default: half)")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of unit identification")
-    p.add_argument("--ft-lr", type=float, help="learning rate once unfrozen (default: lr/10)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per batch")
+    p.add_argument("--lr", type=float, default=UI_LR, help="learning rate of unit identification")
+    p.add_argument("--ft-lr", type=float, help="learning rate once unfrozen (default: the recipe's lr / 10)")
+    p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"], help="windows per batch")
     p.add_argument("--train-latents", action="store_true", help="train the latent queries too (changes old sessions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/finetune", help="output directory; the adapted model is OUT/model.yaml")
@@ -35,9 +37,12 @@ def run(args) -> int:
     model.train()
     sessions = load_sessions(args.data)
     out = Path(args.out)
-    res = finetune(model, sessions, mode=args.mode, epochs=args.epochs, ui_epochs=args.ui_epochs, lr=args.lr, ft_lr=args.ft_lr,
-                   batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, train_latents=args.train_latents,
-                   out_dir=out)
+    # the recipe (possm train's defaults) under the flags; --epochs asks for exactly that many epochs
+    cfg = recipe_config(seed=args.seed, progress=not args.no_progress, **({"min_steps": 0} if args.epochs else {}))
+    epochs = args.epochs or (cfg.epochs if args.mode == "ui" else 2 * cfg.epochs)
+    res = finetune(model, sessions, mode=args.mode, epochs=epochs, ui_epochs=args.ui_epochs, lr=args.lr,
+                   ft_lr=args.ft_lr or cfg.lr / 10, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+                   train_latents=args.train_latents, out_dir=out, train_config=cfg)
     path = save_checkpoint(model, out / "model", default_session=sessions[0].session_id,
                            meta={"finetune": {k: v for k, v in res.items() if k != "history"}, "base": doc.get("meta", {})})
     summary = {k: v for k, v in res.items() if k != "history"}
