@@ -122,3 +122,55 @@ def test_classification_and_ctc_train_and_evaluate():
     res = fit(m, ph, cfg=TrainConfig(epochs=2, batch_size=8, progress=False))
     losses = [h["train_loss"] for h in res["history"]]
     assert np.isfinite(losses).all() and res["best"]["token_error_rate"] >= 0.0
+
+
+def test_possm_train_defaults_are_the_recipe_and_explicit_epochs_win(tmp_path):
+    from possm_plugin.train import RECIPE
+
+    cfg = load_train_config(None)
+    for k, v in RECIPE.items():
+        assert getattr(cfg, k) == v, k
+    assert cfg.epochs_for(5) == 120 and cfg.epochs_for(100) == 30  # at least 600 steps, at least 30 epochs
+    asked = load_train_config(None, epochs=3)
+    assert asked.min_steps == 0 and asked.epochs_for(5) == 3
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {epochs: 4, min_steps: 50, ema: 0.0}\n")
+    both = load_train_config(f)
+    assert both.epochs_for(5) == 10 and both.ema == 0.0 and both.batch_size == RECIPE["batch_size"]
+    with pytest.raises(ConfigError, match="ema"):
+        load_train_config(None, ema=1.0)
+
+
+def test_weight_average_is_what_validation_and_best_checkpoint_hold(tmp_path, motor):
+    """With ``ema`` the returned model and best.* hold the running average of the weights (checked by
+    averaging the live weights after every step here), and last.* the live weights."""
+    from possm_plugin.train import WeightAverage
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    avg = WeightAverage(lin, 0.5)
+    want = 0.0  # the shadow starts at the initial weights, then decays by min(0.5, (1 + n) / (10 + n))
+    for n, v in enumerate((1.0, 3.0, 5.0)):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        avg.update()
+        d = min(0.5, (1 + n) / (10 + n))
+        want = d * want + (1 - d) * v
+    expect = torch.full_like(lin.weight, want)
+    torch.testing.assert_close(avg.shadow[0], expect)
+    with avg.swapped():
+        torch.testing.assert_close(lin.weight.detach(), expect)
+    assert float(lin.weight.detach()[0, 0]) == 5.0  # live weights back
+
+    cfg = TrainConfig(epochs=2, batch_size=32, progress=False, seed=0, ema=0.9)
+    m = build_model(TINY_SPEC, motor, seed=0)
+    res = fit(m, motor, cfg=cfg, out_dir=tmp_path / "run")
+    best, _ = load_checkpoint(tmp_path / "run" / "best.yaml")
+    last, _ = load_checkpoint(tmp_path / "run" / "last.yaml")
+    sd, sb, sl = m.state_dict(), best.state_dict(), last.state_dict()
+    if res["best_epoch"] == 1:
+        assert all(torch.equal(sd[k], sb[k]) for k in sd)
+    assert any(not torch.equal(sb[k], sl[k]) for k in sb)  # the average differs from the live weights
+    r2 = evaluate_prepared(best, prepare_sessions(best, motor))["r2"]
+    assert r2 == pytest.approx(res["best"]["r2"], abs=1e-6)
