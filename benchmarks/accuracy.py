@@ -59,9 +59,7 @@ import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +69,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own 
 
 import accuracy_lib as lib  # noqa: E402
 import accuracy_report as report  # noqa: E402
+from bench_util import run_jobs  # noqa: E402
 from accuracy_lib import (  # noqa: E402
     DATA_CANDIDATES,
     DATA_NAME,
@@ -410,43 +409,13 @@ def execute(suite: Suite, real_path: Path | None, *, jobs: int, threads: int, wo
     """Run every job; returns ({key: result}, timing)."""
     todo = plan(suite, real_path)
     todo[0] = ("pretrain", (workdir,), ("pretrain",))
-    results: dict[tuple, dict] = {}
-    timing = {"cpu_s": 0.0, "jobs": {}}
     total = len(todo) + len(dependent_jobs(suite, real_path, ""))
-    done = 0
 
-    def record(key, out, wall, cpu):
-        nonlocal done
-        done += 1
-        results[key] = out
-        timing["cpu_s"] += cpu
-        timing["jobs"]["/".join(map(str, key))] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
-        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()
-                 if k in ("r2", "accuracy", "token_error_rate", "valid_r2", "epochs")}
-        _log(f"[{done:3d}/{total}] {'/'.join(map(str, key)):<44} {brief}  ({wall:.1f} s wall, {cpu:.1f} s cpu)")
-        if key == ("pretrain",):
-            return dependent_jobs(suite, real_path, out["checkpoint"])
-        return []
+    def then(key, out) -> list[tuple]:
+        return dependent_jobs(suite, real_path, out["checkpoint"]) if key == ("pretrain",) else []
 
-    if jobs <= 1:
-        _init_worker(threads)
-        queue = list(todo)
-        while queue:
-            kind, args, key = queue.pop(0)
-            out, wall, cpu = run_job(kind, suite.name, args)
-            queue.extend(record(key, out, wall, cpu))
-        return results, timing
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-        pending = {pool.submit(run_job, kind, suite.name, args): key for kind, args, key in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                key = pending.pop(fut)
-                out, wall, cpu = fut.result()
-                for kind, args, k2 in record(key, out, wall, cpu):
-                    pending[pool.submit(run_job, kind, suite.name, args)] = k2
-    return results, timing
+    return run_jobs(todo, run_job, suite.name, jobs=jobs, threads=threads, init_worker=_init_worker, log=_log,
+                    total=total, then=then, keys=("r2", "accuracy", "token_error_rate", "valid_r2", "epochs"))
 
 
 # =================================================================================================

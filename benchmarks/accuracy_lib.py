@@ -112,17 +112,10 @@ def real_split(path: str, split: int):
 # =================================================================================================
 def possm_predict(model, session, n_chunks: int | None = None) -> np.ndarray:
     """POSSM outputs (physical units) for chunks 0..n-1 of the session's grid, decoded as one stream
-    from a fresh state at 0 s."""
-    from possm_plugin.data import prepare_sessions
-    from possm_plugin.evaluate import predict_span
+    from a fresh state at 0 s (``recipe.predict_session``)."""
+    from possm_plugin.recipe import predict_session
 
-    ps = prepare_sessions(model, [session], valid_fraction=0.0)[0]
-    step = model.config.chunk_step
-    if n_chunks is None:
-        n_chunks = int(np.floor((session.duration - model.config.chunk_width) / step + 1e-9)) + 1
-    model.eval()
-    device = next(model.parameters()).device
-    return predict_span(model, ps, 0, n_chunks, device=device) * model.config.target_scale
+    return predict_session(model, session, n_chunks)
 
 
 def eval_grid(session, trials: np.ndarray, width: float):

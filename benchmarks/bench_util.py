@@ -17,3 +17,43 @@ def rt_prefix(priority: int | None) -> list[str]:
         print(f"note: cannot use real-time priority {priority} here (chrt missing or not permitted); running without", file=sys.stderr)
         return []
     return [chrt, "-f", str(priority)]
+
+
+def run_jobs(todo: list[tuple], run_job, suite_name: str, *, jobs: int, threads: int, init_worker, log, total: int,
+             then=None, keys: tuple[str, ...] = ("r2", "epochs")) -> tuple[dict, dict]:
+    """Run benchmark jobs ``(kind, args, key)`` as ``run_job(kind, suite_name, args) -> (result, wall, cpu)``,
+    in ``jobs`` spawned worker processes (``init_worker(threads)`` in each) or in this one for ``jobs <= 1``.
+    ``then(key, result)`` returns the jobs that become possible once ``key`` is done (e.g. those that need
+    a pretrained checkpoint). Returns ``({key: result}, {"cpu_s", "jobs": {key: wall/cpu}})``."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    results: dict[tuple, dict] = {}
+    timing: dict = {"cpu_s": 0.0, "jobs": {}}
+
+    def record(key, out, wall, cpu) -> list[tuple]:
+        results[key] = out
+        timing["cpu_s"] += cpu
+        name = "/".join(map(str, key))
+        timing["jobs"][name] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items() if k in keys}
+        log(f"[{len(results):3d}/{total}] {name:<44} {brief}  ({wall:.1f} s wall, {cpu:.1f} s cpu)")
+        return list(then(key, out)) if then is not None else []
+
+    if jobs <= 1:
+        init_worker(threads)
+        queue = list(todo)
+        while queue:
+            kind, args, key = queue.pop(0)
+            queue.extend(record(key, *run_job(kind, suite_name, args)))
+        return results, timing
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=init_worker,
+                             initargs=(threads,)) as pool:
+        pending = {pool.submit(run_job, kind, suite_name, args): key for kind, args, key in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                key = pending.pop(fut)
+                for kind, args, k2 in record(key, *fut.result()):
+                    pending[pool.submit(run_job, kind, suite_name, args)] = k2
+    return results, timing

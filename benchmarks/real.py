@@ -47,9 +47,7 @@ import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +56,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_report as report  # noqa: E402
+from bench_util import run_jobs  # noqa: E402
 from accuracy import Suite, _init_worker  # noqa: E402
 from accuracy_lib import REPO, TINY_BACKBONE, TINY_MODEL, VALID_FRACTION, _log, cut_trials, eval_grid  # noqa: E402
 from accuracy_lib import fit_baseline, r2_baseline  # noqa: E402
@@ -297,36 +296,11 @@ def execute(budget: Budget, source: str | None, max_trials: int | None, *, jobs:
     todo = plan_jobs(budget, sessions, source, max_trials, workdir)
     n_pre = sum(1 for j in todo if j[0] == "pretrain")
     total = len(todo) + n_pre * 2 * budget.transfer_folds * len(budget.fractions)
-    results: dict[tuple, dict] = {}
-    timing = {"cpu_s": 0.0, "jobs": {}}
+    def then(key, out) -> list[tuple]:
+        return dependent_jobs(budget, source, max_trials, key[1], out["checkpoint"]) if key[0] == "pretrain" else []
 
-    def record(key, out, wall, cpu) -> list[tuple]:
-        results[key] = out
-        timing["cpu_s"] += cpu
-        timing["jobs"]["/".join(map(str, key))] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
-        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items() if k in ("r2", "epochs", "best_epoch")}
-        _log(f"[{len(results):3d}/{total}] {'/'.join(map(str, key)):<40} {brief}  ({wall:.1f} s wall, {cpu:.1f} s cpu)")
-        if key[0] == "pretrain":
-            return dependent_jobs(budget, source, max_trials, key[1], out["checkpoint"])
-        return []
-
-    if jobs <= 1:
-        _init_worker(threads)
-        queue = list(todo)
-        while queue:
-            kind, args, key = queue.pop(0)
-            queue.extend(record(key, *run_job(kind, budget.name, args)))
-        return results, timing
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        pending = {pool.submit(run_job, kind, budget.name, args): key for kind, args, key in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                key = pending.pop(fut)
-                for kind, args, k2 in record(key, *fut.result()):
-                    pending[pool.submit(run_job, kind, budget.name, args)] = k2
-    return results, timing
+    return run_jobs(todo, run_job, budget.name, jobs=jobs, threads=threads, init_worker=_init_worker, log=_log,
+                    total=total, then=then, keys=("r2", "epochs", "best_epoch"))
 
 
 # =================================================================================================

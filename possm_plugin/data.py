@@ -15,10 +15,10 @@ import torch
 
 from .errors import DataError, UnknownUnitError
 from .model import POSSM
-from .session import PHASE_HOLD, PHASE_REACH, Session
+from .session import Session
 from .tokenize import Chunks, chunk_starts, collate, tokenize
 
-__all__ = ["PreparedSession", "prepare_sessions", "WindowSampler", "Batch", "segment_chunks"]
+__all__ = ["PreparedSession", "prepare_sessions", "WindowSampler", "Batch"]
 
 
 @dataclass
@@ -136,10 +136,6 @@ class Batch:
             if isinstance(v, torch.Tensor):
                 setattr(self, k, v.to(device))
         return self
-
-
-def segment_chunks(ps: PreparedSession, t_start: float, t_end: float) -> tuple[int, int]:
-    return ps.chunk_range(t_start, t_end)
 
 
 class WindowSampler:
