@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["add_parser", "run", "format_table"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -38,22 +38,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def format_table(report: dict) -> str:
-    def f(x, fmt="{:.2f}"):
-        return "-" if x is None else fmt.format(x)
-
-    rows = ["| decoder | success | time to target median / p90 (s) | dial-in (s) | path efficiency | ITR (bits/s) |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    for name, m in report["decoders"].items():
-        t = m["time_to_target_s"]
-        rows.append(f"| {name} | {f(m['success_rate'])} | {f(t['median'])} / {f(t['p90'])} | {f(m['dial_in_s'])} | "
-                    f"{f(m['path_efficiency'])} | {f(m['itr_bps'])} |")
-    return "\n".join(rows)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..closedloop.experiment import ExperimentConfig, run_experiment
+    from ..closedloop.metrics import metrics_table
     from ..closedloop.plot import plot_report
     from ..closedloop.task import TaskConfig
     from ..closedloop.user import UserConfig
@@ -81,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: report[k] for k in ("decoders", "seeds", "trials")}, indent=1))
     else:
-        print(format_table(report))
+        print(metrics_table(report))
         print(f"\nfigure: {png}\nJSON: {out / 'closed-loop.json'}")
     return 0

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-__all__ = ["trial_metrics", "summarize", "METRIC_KEYS"]
+__all__ = ["trial_metrics", "summarize", "METRIC_KEYS", "metrics_table", "fmt"]
 
 METRIC_KEYS = ("success_rate", "time_to_target_s", "dial_in_s", "path_efficiency", "itr_bps")
 
@@ -64,3 +64,19 @@ def summarize(per_trial: list[dict]) -> dict:
         "path_efficiency": float(np.mean([r["path_efficiency"] for r in ok])) if ok else None,
         "itr_bps": sum(r["bits"] for r in ok) / total if total > 0 else None,
     }
+
+
+def fmt(x, spec: str = "{:.2f}") -> str:
+    """A number for a table, ``-`` for a metric that does not exist (e.g. no successful trial)."""
+    return "-" if x is None else spec.format(x)
+
+
+def metrics_table(report: dict) -> str:
+    """The metrics of every decoder of a report (``{"decoders": {NAME: metrics}}``) as a Markdown table."""
+    rows = ["| decoder | success rate | time to target median / p90 (s) | dial-in (s) | path efficiency | Fitts ITR (bits/s) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in report["decoders"].items():
+        t = m["time_to_target_s"]
+        rows.append(f"| `{name}` | {fmt(m['success_rate'])} | {fmt(t['median'])} / {fmt(t['p90'])} | {fmt(m['dial_in_s'])} | "
+                    f"{fmt(m['path_efficiency'])} | {fmt(m['itr_bps'])} |")
+    return "\n".join(rows)
