@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import socket
 import threading
 import time
@@ -358,7 +359,7 @@ def test_timeflux_cli_runs_the_example(checkpoint):
 
     env = dict(lsl_helpers.env(), POSSM_CHECKPOINT=str(checkpoint), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "timeflux", "-d", str(TIMEFLUX_APP)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 40
         lines = []
@@ -370,8 +371,20 @@ def test_timeflux_cli_runs_the_example(checkpoint):
             if sum("vx" in ln and "vy" in ln for ln in lines) >= 5:
                 break
     finally:
+        # stop it as a user would (Ctrl-C); Timeflux's own shutdown of its worker process has been seen to
+        # take longer than 20 s on a loaded machine: then SIGTERM, then SIGKILL to the whole process group,
+        # so that a failing run never leaves a graph running into the next tests
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=20)
+        try:
+            rest, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                rest, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rest, _ = proc.communicate()
+            rest += "\n[test] timeflux did not exit within 20 s of SIGINT; stopped with SIGTERM/SIGKILL\n"
     log = "".join(lines) + rest
     assert sum("vx" in ln and "vy" in ln for ln in lines) >= 5, log[-3000:]
     assert "ERROR" not in log, log[-3000:]  # the worker logs a failing node at ERROR level
