@@ -51,20 +51,22 @@ class PreparedSession:
         return float(self.session.trials[idx[0], 0]), float(self.session.trials[idx[-1], 1])
 
     def chunks(self, i0: int, n: int, *, keep_units: np.ndarray | None = None, max_tokens: int | None = None,
-               rng: np.random.Generator | None = None) -> Chunks:
-        """Tokens of chunks ``[i0, i0 + n)``. With ``rng`` and a binned session, every spike is placed
-        anew at a uniformly random time inside its bin (the import's placement is invented anyway)."""
+               rng: np.random.Generator | None = None, jitter_s: float | None = None) -> Chunks:
+        """Tokens of chunks ``[i0, i0 + n)``. With ``rng``, every spike is placed anew at a uniformly random
+        time inside its bin: the session's own bins for a binned import (the import's placement is invented
+        anyway), else bins of ``jitter_s`` seconds from 0 s (nothing moves without one)."""
         starts = chunk_starts(0.0, i0 + n, self.step)[i0:]
         a, b = starts[0], starts[-1] + self.width
-        jitter = rng is not None and self.bin_s is not None
+        w = self.bin_s if self.bin_s is not None else jitter_s
+        jitter = rng is not None and w is not None and w > 0
         if jitter:  # whole bins around the window: a spike may move across a chunk edge inside its bin
-            a, b = np.floor(a / self.bin_s + 1e-9) * self.bin_s, np.ceil(b / self.bin_s - 1e-9) * self.bin_s
+            a, b = np.floor(a / w + 1e-9) * w, np.ceil(b / w - 1e-9) * w
         lo = np.searchsorted(self.times, a, side="left")
         hi = np.searchsorted(self.times, b, side="left")
         rows, times = self.rows[lo:hi], self.times[lo:hi]
         if jitter:
-            k = np.floor(times / self.bin_s)
-            times = (k + rng.uniform(1e-6, 1 - 1e-6, len(times))) * self.bin_s
+            k = np.floor(times / w)
+            times = (k + rng.uniform(1e-6, 1 - 1e-6, len(times))) * w
         if keep_units is not None:
             sel = keep_units[rows]
             rows, times = rows[sel], times[sel]
@@ -154,7 +156,7 @@ class WindowSampler:
     def __init__(
         self, sessions: list[PreparedSession], *, readout: str, window_chunks: int = 20, unit_dropout: float = 0.6,
         phase_weights: tuple[float, float, float] = (1.0, 0.1, 5.0), target_scale: float = 1.0, split: str = "train",
-        n_units: int = 0, max_tokens: int | None = None, seed: int = 0, bin_jitter: bool = False,
+        n_units: int = 0, max_tokens: int | None = None, seed: int = 0, bin_jitter: bool = False, jitter_s: float = 0.0,
     ) -> None:
         if not sessions:
             raise DataError("no sessions to sample windows from")
@@ -169,6 +171,7 @@ class WindowSampler:
         self.max_tokens = max_tokens
         self.rng = np.random.default_rng(seed)
         self.bin_jitter = bool(bin_jitter)
+        self.jitter_s = float(jitter_s)
         # candidate windows: (session, first chunk, n chunks, trial)
         self.items: list[tuple[int, int, int, int]] = []
         for si, ps in enumerate(sessions):
@@ -212,8 +215,9 @@ class WindowSampler:
             if self.readout == "regression" and augment:
                 c0 = min(c0 + int(self.rng.integers(0, max(1, self.window_chunks // 2))), self._last_start(si, c0))
             keep = self._keep() if augment else None
+            move = self.bin_jitter if ps.bin_s is not None else self.jitter_s > 0
             ch = ps.chunks(c0, t_max, keep_units=keep, max_tokens=self.max_tokens,
-                           rng=self.rng if (augment and self.bin_jitter) else None)
+                           rng=self.rng if (augment and move) else None, jitter_s=self.jitter_s)
             chunks.append(ch)
             sess.append(ps.session_row)
             ends = ch.starts + ps.width

@@ -289,7 +289,7 @@ def _sampler(prepared: list[PreparedSession], model: POSSM, cfg: TrainConfig, se
     return WindowSampler(
         prepared, readout=model.config.readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
         phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
-        max_tokens=model.config.max_tokens_per_chunk, seed=seed,
+        max_tokens=model.config.max_tokens_per_chunk, seed=seed, bin_jitter=cfg.bin_jitter, jitter_s=cfg.jitter_s,
     )
 
 

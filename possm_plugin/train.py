@@ -47,6 +47,8 @@ class TrainConfig:
     passes over the training windows, and at least ``min_steps`` optimiser steps (small sessions get
     more epochs). ``bin_jitter``: spikes of sessions imported from binned counts are placed anew at
     random inside their bins in every training window (their placement was invented at import).
+    ``jitter_s``: the same for sessions with real spike times, inside bins of that many seconds from 0 s
+    (0: off; the recipe's 0.05 keeps every spike in its 50 ms chunk and draws its time inside it anew).
     ``ema``: decay per step of an exponential moving average of the weights, which validation and the
     saved checkpoints use (0: off).
     """
@@ -72,6 +74,7 @@ class TrainConfig:
     progress: bool = True
     default_session: str | None = None
     bin_jitter: bool = True
+    jitter_s: float = 0.0
     ema: float = 0.0
 
     def __post_init__(self) -> None:
@@ -98,6 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"train config: {name}={v!r} must be a positive integer")
         if not isinstance(self.min_steps, int) or self.min_steps < 0:
             raise ConfigError(f"train config: min_steps={self.min_steps!r} must be an integer >= 0")
+        if not 0 <= self.jitter_s < 1:
+            raise ConfigError(f"train config: jitter_s={self.jitter_s!r} is a bin width in seconds, in [0, 1) (0: off)")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train config: ema={self.ema!r} is the weight average's decay per step, in [0, 1) (0: off)")
         if not 0 < self.lr < 1:
@@ -123,16 +128,17 @@ class TrainConfig:
 #: What ``possm train`` uses where a config file and the flags say nothing: the recipe measured on real
 #: binned recordings (``benchmarks/real.py``, docs/real-data.md) and on short simulated sessions. Small
 #: batches and at least 600 optimiser steps (a few minutes of data are only 6-13 batches an epoch), spikes
-#: re-placed inside their bins in every window (binned data only), and the average of the weights.
+#: re-placed inside their bins in every window (binned data; other sessions inside their 50 ms chunk), and
+#: the average of the weights.
 RECIPE: dict[str, Any] = {"batch_size": 16, "lr": 2e-3, "unit_dropout": 1.0, "min_steps": 600, "epochs": 30,
-                          "bin_jitter": True, "ema": 0.99}
+                          "bin_jitter": True, "jitter_s": 0.05, "ema": 0.99}
 
 _FIELD_TYPES: dict[str, tuple[str, ...]] = {
     "model": ("dict",), "data": ("str", "none"), "valid_fraction": ("float",), "epochs": ("int",), "min_steps": ("int",), "batch_size": ("int",),
     "lr": ("float",), "weight_decay": ("float",), "optimizer": ("str",), "flat_fraction": ("float",),
     "window_chunks": ("int",), "unit_dropout": ("float",), "phase_weights": ("dict",), "grad_clip": ("float",),
     "seed": ("int",), "device": ("str",), "num_threads": ("int", "none"), "out": ("str",), "progress": ("bool",),
-    "default_session": ("str", "none"), "bin_jitter": ("bool",), "ema": ("float",),
+    "default_session": ("str", "none"), "bin_jitter": ("bool",), "jitter_s": ("float",), "ema": ("float",),
 }
 
 
@@ -367,6 +373,7 @@ def fit(
         prepared, readout=readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
         phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
         max_tokens=model.config.max_tokens_per_chunk, seed=cfg.seed + start_epoch, bin_jitter=cfg.bin_jitter,
+        jitter_s=cfg.jitter_s,
     )
     params = list(params) if params is not None else [p for p in model.parameters()]
     trainable = {id(p) for p in params}

@@ -202,3 +202,24 @@ def test_bin_jitter_moves_spikes_only_inside_their_bins(binned_file):
     assert not np.allclose(t0, t1)
     s = WindowSampler([ps], readout="regression", window_chunks=10, n_units=model.n_units, seed=0, bin_jitter=True)
     assert s.bin_jitter
+
+
+def test_jitter_s_moves_real_spike_times_only_inside_their_chunks():
+    """Sessions with real spike times: ``jitter_s`` (the recipe's 0.05 s, one chunk) draws every spike's
+    time anew inside its 50 ms bin, so each chunk keeps exactly its spikes; without it nothing moves."""
+    from possm_plugin.sim import simulate_motor_session
+
+    s = simulate_motor_session(0, seed=3, duration_s=20.0)
+    model = build_model(TINY_SPEC, [s], seed=0)
+    ps = prepare_sessions(model, [s])[0]
+    assert ps.bin_s is None
+    plain = ps.chunks(7, 12)
+    moved = ps.chunks(7, 12, rng=np.random.default_rng(1), jitter_s=0.05)
+    same = ps.chunks(7, 12, rng=np.random.default_rng(1))  # no bin width: nothing to re-place within
+    np.testing.assert_array_equal(plain.counts, moved.counts)
+    for a, b in ((plain, same),):
+        np.testing.assert_array_equal(a.times, b.times)
+    m = plain.mask & (plain.units > 0)
+    np.testing.assert_array_equal(np.sort(plain.units[m]), np.sort(moved.units[moved.mask & (moved.units > 0)]))
+    assert not np.allclose(np.sort(plain.times[m]), np.sort(moved.times[moved.mask & (moved.units > 0)]))
+    assert moved.times[moved.mask].max() < 0.05 and moved.times[moved.mask].min() >= 0.0
