@@ -1,8 +1,8 @@
-"""The training recipe ``possm train`` uses by default, in one place (work in progress: issue 12).
+"""The training recipe ``possm train`` uses by default (:data:`~possm_plugin.train.RECIPE`), from Python.
 
 Entry points the benchmarks and CLI call; their internals are the recipe and may change:
 
-- :func:`recipe_config` -- the default :class:`~possm_plugin.train.TrainConfig` for these sessions.
+- :func:`recipe_config` -- the default :class:`~possm_plugin.train.TrainConfig`.
 - :func:`train_recipe` -- a fresh model trained on sessions with that recipe.
 - :func:`adapt_recipe` -- a pretrained model adapted to new sessions (``ui`` or ``ft``).
 - :func:`predict_session` -- outputs (physical units) for every chunk of a session, one stream.
@@ -25,7 +25,7 @@ BUDGETS = {"default": 600, "quick": 300, "smoke": 2}
 UI_LR = 1e-2
 
 
-def recipe_config(sessions: list[Session] | None = None, *, seed: int = 0, budget: str = "default", **overrides) -> TrainConfig:
+def recipe_config(*, seed: int = 0, budget: str = "default", **overrides) -> TrainConfig:
     """What ``possm train`` uses by default (:data:`~possm_plugin.train.RECIPE`), for ``budget``'s
     number of optimiser steps at least."""
     return TrainConfig(**{**RECIPE, "min_steps": BUDGETS[budget], "seed": seed, "progress": False, **overrides})
@@ -38,7 +38,7 @@ def train_recipe(sessions: list[Session], *, seed: int = 0, budget: str = "defau
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = build_model(model_spec or {"preset": "small", "backbone": "gru"}, sessions, seed=seed)
-    cfg = recipe_config(sessions, seed=seed, budget=budget)
+    cfg = recipe_config(seed=seed, budget=budget)
     res = fit(model, sessions, cfg=cfg, valid_sessions=valid_sessions)
     model.eval()
     return model, {"epochs": len(res["history"]), "best_epoch": res["best_epoch"], "n_parameters": model.n_parameters()}
@@ -52,7 +52,7 @@ def adapt_recipe(model: POSSM, sessions: list[Session], *, mode: str = "ui", see
     torch.manual_seed(seed)
     np.random.seed(seed)
     steps = BUDGETS[budget] if mode == "ui" else max(1, BUDGETS[budget] // 2)
-    cfg = recipe_config(sessions, seed=seed, budget=budget, min_steps=steps)
+    cfg = recipe_config(seed=seed, budget=budget, min_steps=steps)
     epochs = cfg.epochs if mode == "ui" else 2 * cfg.epochs
     res = finetune(model, sessions, mode=mode, epochs=epochs, lr=UI_LR, ft_lr=cfg.lr / 10, batch_size=cfg.batch_size,
                    seed=seed, train_config=cfg)

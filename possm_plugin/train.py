@@ -43,7 +43,7 @@ class TrainConfig:
     <any ModelConfig field>: override}``.
 
     These field defaults are the library's; ``possm train`` starts from the recipe instead
-    (:data:`possm_plugin.recipe.RECIPE`), under whatever a config file or flag sets. Budget: ``epochs``
+    (:data:`RECIPE`, below), under whatever a config file or flag sets. Budget: ``epochs``
     passes over the training windows, and at least ``min_steps`` optimiser steps (small sessions get
     more epochs). ``bin_jitter``: spikes of sessions imported from binned counts are placed anew at
     random inside their bins in every training window (their placement was invented at import).
