@@ -2,9 +2,10 @@
 
 Two kinds of generated text:
 
-- **whole reports**: ``docs/accuracy.md`` from ``docs/accuracy.json`` and ``docs/real-data.md`` from
-  ``docs/real-data.json``, by the benchmarks' own report renderers (``benchmarks/accuracy_report.py``,
-  ``benchmarks/real_report.py``), which keep the hand-written discussion between their markers;
+- **whole reports**: ``docs/accuracy.md``, ``docs/real-data.md`` and ``docs/closed-loop.md`` from the JSON
+  beside them, by the benchmarks' own report renderers (``benchmarks/accuracy_report.py``,
+  ``benchmarks/real_report.py``, ``benchmarks/closed_loop.py``), which keep the hand-written discussion
+  after their markers;
 - **figure blocks** in ``README.md`` and ``docs/*.md``, between ``<!-- figures:NAME -->`` and
   ``<!-- /figures -->``, each rendered by the function ``NAME`` of :data:`BLOCKS` from its JSON.
 
@@ -22,6 +23,7 @@ import json
 import re
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,13 +119,20 @@ def _reports() -> dict[Path, str]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import accuracy_report
+        import closed_loop
         import real_report
     finally:
         sys.path.pop(0)
-    acc, real = DOCS / "accuracy.md", DOCS / "real-data.md"
+    acc, real, loop = DOCS / "accuracy.md", DOCS / "real-data.md", DOCS / "closed-loop.md"
+    with tempfile.TemporaryDirectory() as tmp:  # closed_loop.write_report draws its figure too: keep it out of docs/
+        md = Path(tmp) / loop.name
+        md.write_text(loop.read_text())
+        closed_loop.write_report(_json("closed-loop.json"), md, md.with_suffix(".png"))
+        loop_text = md.read_text()
     return {
         acc: accuracy_report.report_markdown(_json("accuracy.json"), "accuracy.png", acc.read_text()),
         real: real_report.report_markdown(_json("real-data.json"), "real-data.png", "real-data.json", real.read_text()),
+        loop: loop_text,
     }
 
 

@@ -40,16 +40,23 @@ def test_a_figure_typed_by_hand_is_caught_and_rerendered(tmp_path, monkeypatch, 
     (tmp_path / "README.md").write_text(readme.replace(block, block.replace(typed, "0.999")))  # ... someone "updates" it
     acc = tmp_path / "docs" / "accuracy.md"
     acc.write_text(acc.read_text().replace(f"{ss['wiener']['r2_mean']:.3f}", "0.111", 1))
+    loop = tmp_path / "docs" / "closed-loop.md"
+    assert "| `possm` | 0.64 |" in loop.read_text()
+    loop.write_text(loop.read_text().replace("| `possm` | 0.64 |", "| `possm` | 0.94 |"))
+    png_mtime = (tmp_path / "docs" / "closed-loop.png").stat().st_mtime_ns
     monkeypatch.setattr(rd, "ROOT", tmp_path)
     monkeypatch.setattr(rd, "DOCS", tmp_path / "docs")
 
     assert rd.main(["--check"]) == 1
     err = capsys.readouterr().err
     assert "README.md: figure block(s) accuracy" in err and "docs/accuracy.md: the page rendered from its JSON" in err
+    assert "docs/closed-loop.md: the page rendered from its JSON" in err
     assert "regenerate with: python scripts/render_docs.py" in err
     assert rd.main([]) == 0
     assert rd.main(["--check"]) == 0
     assert (tmp_path / "README.md").read_text() == readme and acc.read_text() == (ROOT / "docs" / "accuracy.md").read_text()
+    assert loop.read_text() == (ROOT / "docs" / "closed-loop.md").read_text()
+    assert (tmp_path / "docs" / "closed-loop.png").stat().st_mtime_ns == png_mtime  # no figure redrawn into docs/
 
 
 def test_an_unknown_block_name_is_an_error():
