@@ -21,12 +21,16 @@ How a run is laid out:
   rank sees the same numbers and keeps the same best epoch.
 - Only rank 0 writes checkpoints, ``metrics.jsonl`` and the progress bar. The process group is
   destroyed on exit and on error.
+
+The epoch loop is :func:`possm_plugin.train.fit`, the one ``possm train`` runs, so every recipe feature
+(weight average, ``min_steps``, jitter, best/last checkpoints, resume) works here too; this module adds
+only what is distributed: the process group (:mod:`possm_plugin.process_group`), :class:`RankRuntime` (sharding, seeds, DDP, gathering the
+losses and metrics) and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -37,162 +41,30 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import save_checkpoint
-from .data import PreparedSession, WindowSampler, prepare_sessions
+from .data import WindowSampler
 from .errors import ConfigError, PossmError
-from .evaluate import evaluate_prepared
 from .model import POSSM
-from .optim import flat_cosine
-from .session import Session, load_sessions
-from .train import (
-    TrainConfig,
-    _load_optim,
-    _save_optim,
-    best_so_far,
-    load_train_config,
-    make_optimizer,
-    model_for_run,
-    primary_metric,
-    run_epoch,
-)
+from .process_group import DistContext, distributed_context, init_distributed, shutdown_distributed
+from .session import Session
+from .train import Runtime, TrainConfig, load_train_config, train_model
 
 __all__ = [
-    "DistContext",
-    "init_distributed",
-    "shutdown_distributed",
-    "distributed_context",
-    "shard_sessions",
-    "rank_seed",
-    "epoch_batches",
-    "merge_metrics",
-    "state_digest",
-    "pretrain",
-    "add_arguments",
-    "forward_argv",
-    "config_from_args",
-    "run_args",
-    "main",
-    "LR_PER_SAMPLE",
+    "DistContext", "RankRuntime", "init_distributed", "shutdown_distributed", "distributed_context", "shard_sessions",
+    "rank_seed", "epoch_batches", "merge_metrics", "state_digest", "pretrain", "add_arguments", "forward_argv",
+    "config_from_args", "run_args", "main", "LR_PER_SAMPLE",
 ]
 
 log = logging.getLogger("possm_plugin.distributed")
 
 LR_PER_SAMPLE = 3.125e-5
 """The authors' learning-rate rule: ``lr = 3.125e-5 x effective batch`` (4e-3 at 128)."""
-
-_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands in a run.
-
-    ``backend`` is None when no process group is used (a single process without torchrun).
-    ``owns_group`` says whether :func:`shutdown_distributed` should destroy the group.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    backend: str | None = None
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.backend is not None
-
-
-def _env_int(name: str) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} must be an integer (it is set by torchrun)") from None
-    if value < 0:
-        raise ConfigError(f"environment variable {name}={raw!r} must not be negative")
-    return value
-
-
-def init_distributed(device: str = "cpu", *, timeout_s: float = 1800.0) -> DistContext:
-    """Join the process group that torchrun describes in the environment, or run alone.
-
-    ``device`` is ``cpu`` (backend gloo) or ``cuda`` (backend nccl, one GPU per process: rank
-    ``LOCAL_RANK`` of a node uses ``cuda:LOCAL_RANK``). Without ``WORLD_SIZE`` in the environment
-    no group is created and the context describes one process. An already initialised group (made
-    by the caller) is used as it is and left for the caller to destroy.
-    """
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={device!r}: distributed pretraining runs on 'cpu' (gloo) or 'cuda' (nccl)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available; use --device cpu")
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local)
-            torch.cuda.set_device(dev)
-        return DistContext(rank, world, local, dev, dist.get_backend(), owns_group=False)
-    if "WORLD_SIZE" not in os.environ:
-        if dev.type == "cuda" and dev.index is not None:
-            torch.cuda.set_device(dev)
-        return DistContext(device=dev)
-    if not dist.is_available():
-        raise ConfigError("torch.distributed is not available in this torch build")
-    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
-    if missing:
-        raise ConfigError(f"WORLD_SIZE is set but {missing} are not: start the run with torchrun")
-    rank, world, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
-    if not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
-    if dev.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise ConfigError(
-                f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s): "
-                f"give --nproc_per_node at most the number of GPUs"
-            )
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-        backend = "nccl"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), device_id=dev)
-    else:
-        dev, backend = torch.device("cpu"), "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return DistContext(rank, world, local, dev, backend, owns_group=True)
-
-
-def shutdown_distributed(ctx: DistContext) -> None:
-    """Destroy the process group if this context created it (safe to call twice)."""
-    if ctx.owns_group and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def distributed_context(device: str = "cpu", *, timeout_s: float = 1800.0) -> Iterator[DistContext]:
-    """:func:`init_distributed` whose group is torn down when the block ends, normally or not."""
-    ctx = init_distributed(device, timeout_s=timeout_s)
-    try:
-        yield ctx
-        if ctx.owns_group and dist.is_initialized():
-            dist.barrier()  # no rank tears gloo down while a peer still has collectives in flight
-    finally:
-        shutdown_distributed(ctx)
-
 
 # -- pure helpers ------------------------------------------------------------------------------
 def shard_sessions(n_sessions: int, rank: int, world_size: int, *, sizes: Sequence[float] | None = None) -> list[int]:
@@ -267,34 +139,91 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-# -- collectives that also work without a group ----------------------------------------------------
-def _gather(ctx: DistContext, obj) -> list:
-    if not ctx.distributed:
-        return [obj]
-    out: list = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
+# -- one rank of a run ------------------------------------------------------------------------------
+class RankRuntime(Runtime):
+    """One rank of a run, for :func:`~possm_plugin.train.fit`: it trains on its shard of the sessions
+    (:func:`shard_sessions`), validates every ``world_size``-th session, draws its own windows and dropout
+    (:func:`rank_seed`), takes the same number of full batches as every other rank (:func:`epoch_batches`),
+    trains through DDP (which averages the gradients), and gathers the losses and validation metrics so
+    that every rank sees the same numbers and keeps the same best epoch. Without a process group it is
+    a single rank. ``shards`` (rank -> its training session ids) and ``steps`` are set as fit asks."""
 
+    def __init__(self, ctx: DistContext, *, batch_size: int) -> None:
+        self.ctx, self.batch_size = ctx, batch_size
+        self.rank, self.world_size, self.device = ctx.rank, ctx.world_size, ctx.device
+        self.resume_hint = " (every rank must be able to read the run directory)"
+        self.shards: dict[int, list[str]] = {}
+        self.steps = 0
 
-def _sum(ctx: DistContext, value: float) -> float:
-    if not ctx.distributed:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(t)
-    return float(t.item())
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
+    @property
+    def meta(self) -> dict:
+        return {"distributed": {"world_size": self.world_size, "backend": self.ctx.backend,
+                                "global_batch_size": self.global_batch_size, "written_by_rank": self.rank}}
 
-# -- the run ---------------------------------------------------------------------------------------
-def _sampler(prepared: list[PreparedSession], model: POSSM, cfg: TrainConfig, seed: int) -> WindowSampler:
-    return WindowSampler(
-        prepared, readout=model.config.readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
-        phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
-        max_tokens=model.config.max_tokens_per_chunk, seed=seed, bin_jitter=cfg.bin_jitter, jitter_s=cfg.jitter_s,
-    )
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (alone: ``[obj]``)."""
+        if not self.ctx.distributed:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def shard(self, sessions: list[Session]) -> list[int]:
+        mine = shard_sessions(len(sessions), self.rank, self.world_size, sizes=[s.duration for s in sessions])
+        self.shards = {r: [sessions[i].session_id for i in s] for r, s in enumerate(self.gather(mine))}
+        log.debug("rank %d trains on %s", self.rank, self.shards[self.rank])
+        return mine
+
+    def owned(self, sessions: list[Session]) -> list[int]:
+        return list(range(self.rank, len(sessions), self.world_size))  # each session on exactly one rank
+
+    def seed(self, seed: int, start_epoch: int) -> int:
+        s = rank_seed(seed, self.rank, start_epoch)
+        torch.manual_seed(s)  # dropout differs between ranks
+        return s
+
+    def steps_per_epoch(self, sampler: WindowSampler, batch_size: int) -> int:
+        """One epoch is one pass over the training windows of all sessions, in full batches of every rank."""
+        windows: dict[str, int] = {}
+        for si, *_ in sampler.items:
+            windows[sampler.sessions[si].sid] = windows.get(sampler.sessions[si].sid, 0) + 1
+        total = sum({sid: n for part in self.gather(windows) for sid, n in part.items()}.values())  # shared sessions once
+        self.steps = max(1, math.ceil(total / self.global_batch_size))
+        if self.is_main:
+            log.info("%d rank(s) on %s (%s); %d training windows; %d steps/epoch of %d x %d windows", self.world_size,
+                     self.device, self.ctx.backend or "no process group", total, self.steps, batch_size, self.world_size)
+        return self.steps
+
+    def batches(self, sampler: WindowSampler, batch_size: int, steps: int) -> list[list[int]]:
+        return epoch_batches(sampler, batch_size, steps)
+
+    def wrap(self, model: POSSM) -> torch.nn.Module:
+        if not self.ctx.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # wrapping broadcasts rank 0's parameters and buffers: identical starting weights. The buffers
+        # are constants (rotary tables), so they need no sync at every forward.
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_sync)
+
+    def epoch_losses(self, losses: list[float]) -> dict:
+        per_rank = [float(v) for v in self.gather(float(np.mean(losses)))]
+        return {"train_loss": float(np.mean(per_rank)), "train_loss_per_rank": per_rank, "steps": self.steps,
+                "world_size": self.world_size, "global_batch_size": self.global_batch_size}
+
+    def merge_valid(self, local: dict, session_order: list[str]) -> dict:
+        return merge_metrics(self.gather(local), session_order)
 
 
 def pretrain(cfg: TrainConfig, *, resume: str | Path | None = None, timeout_s: float = 1800.0, ctx: DistContext | None = None) -> dict:
-    """Pretrain on every session of ``cfg.data`` across the ranks torchrun started (or alone).
+    """Pretrain on every session of ``cfg.data`` across the ranks torchrun started (or alone), with
+    :func:`~possm_plugin.train.fit` and a :class:`RankRuntime`.
 
     Every rank returns the same result: ``best_epoch``, ``best`` (validation metrics), ``history``,
     ``n_parameters``, ``out``, ``world_size``, ``backend``, ``global_batch_size``,
@@ -312,117 +241,14 @@ def pretrain(cfg: TrainConfig, *, resume: str | Path | None = None, timeout_s: f
 
 
 def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
-    if cfg.data is None:
-        raise ConfigError("no training data: give data: DIR in the config or --data DIR (make some with `possm simulate`)")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    rank, world = ctx.rank, ctx.world_size
-    sessions: list[Session] = load_sessions(cfg.data)
-    out_dir = Path(cfg.out)
-    # a fresh model is built with the same seed on every rank
-    model, start_epoch, optim_state = model_for_run(
-        cfg, sessions, resume, hint=" (every rank must be able to read the run directory)"
-    )
-    torch.manual_seed(rank_seed(cfg.seed, rank, start_epoch))  # dropout differs between ranks
-    model.to(ctx.device).train()
-
-    cache: dict[int, PreparedSession] = {}
-
-    def prepared(idx: list[int]) -> list[PreparedSession]:
-        todo = [i for i in idx if i not in cache]
-        for i, ps in zip(todo, prepare_sessions(model, [sessions[i] for i in todo], valid_fraction=cfg.valid_fraction)):
-            cache[i] = ps
-        return [cache[i] for i in idx]
-
-    shard = shard_sessions(len(sessions), rank, world, sizes=[s.duration for s in sessions])
-    sampler = _sampler(prepared(shard), model, cfg, rank_seed(cfg.seed, rank, start_epoch))
-    # sessions this rank counts and validates: each session on exactly one rank
-    owned = list(range(rank, len(sessions), world))
-    owned_windows = len(_sampler(prepared(owned), model, cfg, 0)) if owned else 0
-    total_windows = int(round(_sum(ctx, owned_windows)))
-    global_batch = cfg.batch_size * world
-    steps = max(1, math.ceil(total_windows / global_batch))
-    shards = {r: [sessions[i].session_id for i in s] for r, s in enumerate(_gather(ctx, shard))}
-    if ctx.is_main:
-        log.info("%d rank(s) on %s (%s); %d sessions, %d training windows; %d steps/epoch of %d x %d windows",
-                 world, ctx.device, ctx.backend or "no process group", len(sessions), total_windows, steps, cfg.batch_size, world)
-        log.info("model: %s backbone, %d parameters, %d units", model.config.backbone, model.n_parameters(), model.n_units)
-    log.debug("rank %d trains on %s", rank, shards[rank])
-
-    params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt = make_optimizer(model, params, cfg)
-    if optim_state is not None:
-        _load_optim(opt, optim_state)
-    epochs = cfg.epochs_for(steps)
-    total, offset = steps * epochs, steps * start_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: flat_cosine(s + offset, total, flat_fraction=cfg.flat_fraction))
-    net: torch.nn.Module = model
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # wrapping broadcasts rank 0's parameters and buffers: identical starting weights. The buffers
-        # are constants (rotary tables), so they need no sync at every forward.
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                   else {"broadcast_buffers": False})
-        net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, **no_sync)
-
-    best = best_so_far(out_dir, start_epoch)
-    write = ctx.is_main and cfg.out is not None
-    if write:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if cfg.progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=offset, desc=f"pretrain x{world}", unit="step", dynamic_ncols=True)
-    session_order = [s.session_id for s in sessions]
-    dist_meta = {"world_size": world, "backend": ctx.backend, "global_batch_size": global_batch, "written_by_rank": rank}
-    history: list[dict] = []
-    best_state = None
-    try:
-        for epoch in range(start_epoch, epochs):
-            net.train()
-            t0 = time.perf_counter()
-            losses = run_epoch(net, model, sampler, epoch_batches(sampler, cfg.batch_size, steps), device=ctx.device, opt=opt,
-                               sched=sched, params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch)
-            rank_losses = [float(v) for v in _gather(ctx, float(np.mean(losses)))]
-            mine = [cache[i] for i in owned]
-            local = evaluate_prepared(model, mine, split="valid", device=ctx.device) if mine else {}
-            valid = merge_metrics(_gather(ctx, local), session_order)
-            row = {"epoch": epoch, "train_loss": float(np.mean(rank_losses)), "train_loss_per_rank": rank_losses,
-                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2), "steps": steps,
-                   "world_size": world, "global_batch_size": global_batch, "valid": valid}
-            history.append(row)
-            metric = primary_metric(valid)
-            improved = bool(metric > best["metric"])  # every rank sees the same metrics: same decision
-            if improved:
-                best = {"epoch": epoch, "metric": metric, "metrics": valid}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if ctx.is_main:
-                log.info("epoch %d loss %.4f valid %s", epoch, row["train_loss"], {k: v for k, v in valid.items() if not isinstance(v, dict)})
-            if write:
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                meta = {"epoch": epoch, "valid": valid, "train": dataclasses.asdict(cfg), "distributed": dist_meta}
-                ds = cfg.default_session if cfg.default_session in model.session_vocab else None
-                save_checkpoint(model, out_dir / "last", meta=meta, default_session=ds)
-                _save_optim(opt, out_dir / "last.optim.safetensors", {"epoch": epoch})
-                if improved:
-                    save_checkpoint(model, out_dir / "best", meta=meta, default_session=ds)
-    finally:
-        if bar is not None:
-            bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    digests = _gather(ctx, state_digest(model))
+    rt = RankRuntime(ctx, batch_size=cfg.batch_size)
+    model, res = train_model(cfg, resume=resume, runtime=rt)  # a fresh model is built with the same seed on every rank
+    digests = rt.gather(state_digest(model))
     in_sync = len(set(digests)) == 1
     if not in_sync and ctx.is_main:
         log.error("ranks ended with different weights: %s", digests)
-    return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history, "n_parameters": model.n_parameters(),
-            "out": str(out_dir), "world_size": world, "backend": ctx.backend, "global_batch_size": global_batch,
-            "steps_per_epoch": steps, "shards": shards, "rank_digests": digests, "ranks_in_sync": in_sync}
+    return {**res, "world_size": ctx.world_size, "backend": ctx.backend, "global_batch_size": rt.global_batch_size,
+            "shards": rt.shards, "rank_digests": digests, "ranks_in_sync": in_sync}
 
 
 # -- command line ----------------------------------------------------------------------------------

@@ -1,228 +1,42 @@
-"""Training: YAML config -> model, windows, optimiser, schedule, validation, checkpoints, resume.
+"""Training: the one epoch loop (:func:`fit`) for a single process and for each rank of a ``torchrun``
+job, and :func:`train`, which runs it as a config says (load the data, build or resume the model).
 
 A run directory holds ``best.{yaml,safetensors}`` (best validation metric), ``last.*`` (the latest
 epoch, with ``last.optim.safetensors`` for resuming) and ``metrics.jsonl`` (one JSON line per epoch).
+What differs on several processes (which sessions a process samples and validates, its seeds, the
+DDP wrap, gathering the losses and metrics, who writes) is asked of a :class:`Runtime`; its defaults
+are one process, and :class:`possm_plugin.distributed.RankRuntime` is one rank.
+The config, the recipe and the model a config builds live in :mod:`possm_plugin.train_config`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig, preset
-from .data import WindowSampler, prepare_sessions
-from .errors import CheckpointError, ConfigError, DataError
+from .data import PreparedSession, WindowSampler, prepare_sessions
+from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_prepared, loss_fn
 from .identity import check_sessions
 from .model import POSSM
-from .optim import Lamb, flat_cosine
+from .optim import Lamb, WeightAverage, flat_cosine, load_optimizer_state, save_optimizer_state
 from .session import Session, load_sessions
+from .train_config import RECIPE, TrainConfig, build_model, check_model_spec, load_train_config
 
-__all__ = ["RECIPE", "TrainConfig", "load_train_config", "build_model", "model_for_run", "make_optimizer", "train", "fit", "primary_metric"]
+__all__ = ["RECIPE", "TrainConfig", "WeightAverage", "Runtime", "load_train_config", "build_model", "model_for_run",
+           "make_optimizer", "train", "train_model", "fit", "primary_metric"]
 
 log = logging.getLogger("possm_plugin.train")
-
-
-@dataclass
-class TrainConfig:
-    """A training run. YAML files have the sections ``model``, ``data``, ``train`` and ``out``.
-
-    ``model`` is either a full :class:`ModelConfig` mapping or ``{preset: small|opossm, backbone: ...,
-    <any ModelConfig field>: override}``.
-
-    These field defaults are the library's; ``possm train`` starts from the recipe instead
-    (:data:`RECIPE`, below), under whatever a config file or flag sets. Budget: ``epochs``
-    passes over the training windows, and at least ``min_steps`` optimiser steps (small sessions get
-    more epochs). ``bin_jitter``: spikes of sessions imported from binned counts are placed anew at
-    random inside their bins in every training window (their placement was invented at import).
-    ``jitter_s``: the same for sessions with real spike times, inside bins of that many seconds from 0 s
-    (0: off; the recipe's 0.05 keeps every spike in its 50 ms chunk and draws its time inside it anew).
-    ``ema``: decay per step of an exponential moving average of the weights, which validation and the
-    saved checkpoints use (0: off).
-    """
-
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "small", "backbone": "gru"})
-    data: str | None = None
-    valid_fraction: float = 0.2
-    epochs: int = 30
-    min_steps: int = 0
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    flat_fraction: float = 0.5
-    window_chunks: int = 20
-    unit_dropout: float = 0.6
-    phase_weights: dict[str, float] = field(default_factory=lambda: {"other": 1.0, "hold": 0.1, "reach": 5.0})
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    num_threads: int | None = None
-    out: str = "runs/possm"
-    progress: bool = True
-    default_session: str | None = None
-    bin_jitter: bool = True
-    jitter_s: float = 0.0
-    ema: float = 0.0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # YAML can put any type anywhere: check them before any comparison
-            v, want = getattr(self, f.name), _FIELD_TYPES[f.name]
-            if v is None and "none" in want:
-                continue
-            ok = (
-                ("int" in want and isinstance(v, int) and not isinstance(v, bool))
-                or ("float" in want and isinstance(v, (int, float)) and not isinstance(v, bool))
-                or ("str" in want and isinstance(v, str))
-                or ("bool" in want and isinstance(v, bool))
-                or ("dict" in want and isinstance(v, dict))
-            )
-            if not ok:
-                raise ConfigError(f"train config: {f.name}={v!r} has the wrong type; expected {' or '.join(want)}")
-        if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in self.phase_weights.items()):
-            raise ConfigError(f"train config: phase_weights={self.phase_weights!r} must map phase names to numbers")
-        if self.optimizer not in ("adamw", "lamb"):
-            raise ConfigError(f"train config: optimizer={self.optimizer!r} must be 'adamw' or 'lamb'")
-        for name in ("epochs", "batch_size", "window_chunks"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"train config: {name}={v!r} must be a positive integer")
-        if not isinstance(self.min_steps, int) or self.min_steps < 0:
-            raise ConfigError(f"train config: min_steps={self.min_steps!r} must be an integer >= 0")
-        if not 0 <= self.jitter_s < 1:
-            raise ConfigError(f"train config: jitter_s={self.jitter_s!r} is a bin width in seconds, in [0, 1) (0: off)")
-        if not 0 <= self.ema < 1:
-            raise ConfigError(f"train config: ema={self.ema!r} is the weight average's decay per step, in [0, 1) (0: off)")
-        if not 0 < self.lr < 1:
-            raise ConfigError(f"train config: lr={self.lr!r} must be in (0, 1)")
-        if not 0 < self.unit_dropout <= 1:
-            raise ConfigError(f"train config: unit_dropout={self.unit_dropout!r} is the minimum kept fraction, in (0, 1]")
-        if not 0 < self.valid_fraction < 1:
-            raise ConfigError(f"train config: valid_fraction={self.valid_fraction!r} must be in (0, 1)")
-        unknown = set(self.phase_weights) - {"other", "hold", "reach"}
-        if unknown:
-            raise ConfigError(f"train config: phase_weights has unknown phases {sorted(unknown)}")
-
-    def epochs_for(self, steps_per_epoch: int) -> int:
-        """Epochs to run: ``epochs``, or more when that is fewer than ``min_steps`` optimiser steps."""
-        return max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch)))
-
-    @property
-    def phase_weight_tuple(self) -> tuple[float, float, float]:
-        pw = {"other": 1.0, "hold": 0.1, "reach": 5.0, **self.phase_weights}
-        return (float(pw["other"]), float(pw["hold"]), float(pw["reach"]))
-
-
-#: What ``possm train`` uses where a config file and the flags say nothing: the recipe measured on real
-#: binned recordings (``benchmarks/real.py``, docs/real-data.md) and on short simulated sessions. Small
-#: batches and at least 600 optimiser steps (a few minutes of data are only 6-13 batches an epoch), spikes
-#: re-placed inside their bins in every window (binned data; other sessions inside their 50 ms chunk), and
-#: the average of the weights.
-RECIPE: dict[str, Any] = {"batch_size": 16, "lr": 2e-3, "unit_dropout": 1.0, "min_steps": 600, "epochs": 30,
-                          "bin_jitter": True, "jitter_s": 0.05, "ema": 0.99}
-
-_FIELD_TYPES: dict[str, tuple[str, ...]] = {
-    "model": ("dict",), "data": ("str", "none"), "valid_fraction": ("float",), "epochs": ("int",), "min_steps": ("int",), "batch_size": ("int",),
-    "lr": ("float",), "weight_decay": ("float",), "optimizer": ("str",), "flat_fraction": ("float",),
-    "window_chunks": ("int",), "unit_dropout": ("float",), "phase_weights": ("dict",), "grad_clip": ("float",),
-    "seed": ("int",), "device": ("str",), "num_threads": ("int", "none"), "out": ("str",), "progress": ("bool",),
-    "default_session": ("str", "none"), "bin_jitter": ("bool",), "jitter_s": ("float",), "ema": ("float",),
-}
-
-
-def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Read a YAML training config (safe loader; unknown keys rejected) over :data:`RECIPE`; ``overrides`` win."""
-    doc: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"training config {str(p)!r} does not exist")
-        try:
-            doc = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"training config {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"training config {str(p)!r} must be a mapping with sections model/data/train/out")
-    flat: dict[str, Any] = {}
-    for key, val in doc.items():
-        if key == "train":
-            if not isinstance(val, dict):
-                raise ConfigError("training config: 'train' must be a mapping")
-            flat.update(val)
-        elif key == "data":
-            if isinstance(val, dict):
-                for k, v in val.items():
-                    flat["data" if k == "path" else k] = v
-            else:
-                flat["data"] = val
-        else:
-            flat[key] = val
-    flat.update({k: v for k, v in overrides.items() if v is not None})
-    given = set(flat)
-    if "min_steps" not in given and "epochs" in given:  # asked for N epochs: exactly N, not the recipe's floor
-        flat["min_steps"] = 0
-    flat = {**copy.deepcopy(RECIPE), **flat}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(flat) - known)
-    if unknown:
-        raise ConfigError(f"training config: unknown key(s) {unknown}; known: {sorted(known)}")
-    try:
-        return TrainConfig(**flat)
-    except TypeError as exc:
-        raise ConfigError(f"training config: {exc}") from None
-
-
-def model_config_from(spec: dict[str, Any], sessions: list[Session]) -> ModelConfig:
-    spec = copy.deepcopy(spec)
-    s0 = sessions[0]
-    derived: dict[str, Any] = {"readout": s0.task}
-    if s0.task == "regression":
-        derived.update(output_dim=len(s0.target_names), output_names=list(s0.target_names), target_scale=s0.target_scale)
-    else:
-        derived.update(output_dim=s0.n_classes, output_names=[f"class{i}" for i in range(s0.n_classes)])
-    if "preset" in spec:
-        size = spec.pop("preset")
-        backbone = spec.pop("backbone", "gru")
-        if not isinstance(size, str) or not isinstance(backbone, str):
-            raise ConfigError(f"model: preset={size!r} and backbone={backbone!r} must be names (e.g. preset: small, backbone: gru)")
-        return preset(size, backbone, **{**derived, **spec})
-    return ModelConfig.from_dict({**derived, **spec})
-
-
-def build_model(spec: dict[str, Any], sessions: list[Session], *, seed: int = 0) -> POSSM:
-    """A fresh POSSM whose vocabularies hold every unit and session of ``sessions`` (and their
-    fingerprints). Two sessions may not share an id."""
-    tasks = {s.task for s in sessions}
-    if len(tasks) != 1:
-        raise ConfigError(f"all training sessions must share one task, got {sorted(tasks)}")
-    ids = [s.session_id for s in sessions]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise DataError(f"two sessions share the id {dup[0]!r} (fingerprints {', '.join(s.fingerprint for s in sessions if s.session_id == dup[0])}); "
-                        "give each recording its own session id")
-    torch.manual_seed(seed)
-    cfg = model_config_from(spec, sessions)
-    units = [u for s in sessions for u in s.unit_ids]
-    try:
-        return POSSM(cfg, unit_ids=units, session_ids=[s.session_id for s in sessions],
-                     session_units={s.session_id: list(s.unit_ids) for s in sessions},
-                     session_fingerprints={s.session_id: s.identity for s in sessions})
-    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. backbone_kwargs of the wrong type
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"model config {spec!r} does not build a model: {exc}") from None
+_load_optim = load_optimizer_state  # the name tests and older callers import
 
 
 def primary_metric(metrics: dict) -> float:
@@ -232,39 +46,6 @@ def primary_metric(metrics: dict) -> float:
     if "accuracy" in metrics:
         return metrics["accuracy"]
     return -metrics["token_error_rate"]
-
-
-def _save_optim(opt: torch.optim.Optimizer, path: Path, extra: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors, scalars = {}, {}
-    for pid, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    save_file(tensors, str(path), metadata={"extra": json.dumps({**extra, "scalars": scalars})})
-
-
-def _load_optim(opt: torch.optim.Optimizer, path: Path) -> dict:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            extra = json.loads(f.metadata()["extra"])
-    except Exception as exc:  # noqa: BLE001 - any failure means the resume file is unusable
-        raise CheckpointError(f"optimizer state {str(path)!r} is unreadable ({exc})") from None
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for key, v in [*tensors.items(), *extra.get("scalars", {}).items()]:
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
-    return extra
 
 
 def make_optimizer(model: POSSM, params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -287,34 +68,58 @@ def best_so_far(out_dir: Path | None, start_epoch: int) -> dict:
     return best
 
 
-class WeightAverage:
-    """Exponential moving average of a model's parameters (``decay`` per optimiser step, with the usual
-    warm-up ``min(decay, (1 + n) / (10 + n))`` so that early steps are not swamped by the initial weights).
-    :meth:`swapped` puts the averaged weights into the model for validation and checkpoints."""
+class Runtime:
+    """How this process takes part in a run; these defaults: it trains alone. :func:`fit` asks it
+    everything that differs on several processes, and :class:`~possm_plugin.distributed.RankRuntime`
+    answers for one rank of a ``torchrun`` job."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.model, self.decay, self.n = model, float(decay), 0
-        self.shadow = [p.detach().clone() for p in model.parameters()]
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | None = None  #: where the model trains (None: the config's ``device``)
+    resume_hint: str = ""  #: appended to the error when the optimiser state to resume from is missing
 
-    @torch.no_grad()
-    def update(self) -> None:
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
-        self.n += 1
-        for a, p in zip(self.shadow, self.model.parameters()):
-            a.mul_(d).add_(p.detach(), alpha=1 - d)
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, shows the progress bar and writes the run directory."""
+        return self.rank == 0
 
-    @contextlib.contextmanager
-    def swapped(self):
-        with torch.no_grad():
-            live = [p.detach().clone() for p in self.model.parameters()]
-            for a, p in zip(self.shadow, self.model.parameters()):
-                p.copy_(a)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for v, p in zip(live, self.model.parameters()):
-                    p.copy_(v)
+    @property
+    def meta(self) -> dict:
+        """Added to the ``meta`` of every checkpoint written."""
+        return {}
+
+    def shard(self, sessions: list[Session]) -> list[int]:
+        """Indices of the training sessions this process samples windows from."""
+        return list(range(len(sessions)))
+
+    def owned(self, sessions: list[Session]) -> list[int]:
+        """Indices of the validation sessions this process evaluates."""
+        return list(range(len(sessions)))
+
+    def seed(self, seed: int, start_epoch: int) -> int:
+        """Seed this process for a run that starts at ``start_epoch``; returns the window sampler's seed
+        (alone: torch's generator stays as building the model left it)."""
+        return seed + start_epoch
+
+    def steps_per_epoch(self, sampler: WindowSampler, batch_size: int) -> int:
+        """Optimiser steps in one epoch (alone: one pass over the windows; it draws one order, as runs always did)."""
+        return len(sampler.epoch(batch_size))
+
+    def batches(self, sampler: WindowSampler, batch_size: int, steps: int) -> list[list[int]]:
+        """The window indices of each step of one epoch."""
+        return sampler.epoch(batch_size)
+
+    def wrap(self, model: POSSM) -> torch.nn.Module:
+        """The module the training step calls (several processes: a DDP wrapper that averages gradients)."""
+        return model
+
+    def epoch_losses(self, losses: list[float]) -> dict:
+        """The epoch's training loss (``train_loss``, and whatever else the metrics row should show)."""
+        return {"train_loss": float(np.mean(losses))}
+
+    def merge_valid(self, local: dict, session_order: list[str]) -> dict:
+        """The validation metrics of all sessions, from those of the sessions this process validated (alone: all)."""
+        return local
 
 
 def run_epoch(net: torch.nn.Module, model: POSSM, sampler: WindowSampler, batches, *, device, opt: torch.optim.Optimizer,
@@ -354,25 +159,35 @@ def fit(
     start_epoch: int = 0,
     optim_state: Path | None = None,
     on_epoch=None,
+    runtime: Runtime | None = None,
 ) -> dict:
-    """Train ``params`` (default: all) of ``model`` on the sessions; returns the best metrics and
-    leaves the model at the weights of its best validation epoch.
+    """Train ``params`` (default: all) of ``model`` on the sessions; returns the best metrics, the
+    history and ``steps_per_epoch``, and leaves the model at the weights of its best validation epoch.
 
     Validation uses the held-out trials (``cfg.valid_fraction`` at the end of each session) of the
     training sessions, or ``valid_sessions`` if given. With ``out_dir`` checkpoints and metrics are
-    written there.
+    written there. ``runtime``: how this process takes part (default: alone; see :class:`Runtime`).
     """
-    device = torch.device(cfg.device)
+    rt = runtime if runtime is not None else Runtime()
+    device = rt.device if rt.device is not None else torch.device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model.to(device)
-    prepared = prepare_sessions(model, train_sessions, valid_fraction=cfg.valid_fraction)
-    valid_prep = prepare_sessions(model, valid_sessions, valid_fraction=cfg.valid_fraction) if valid_sessions else prepared
-    readout = model.config.readout
+    cache: dict[int, PreparedSession] = {}  # a session that is trained and validated here is prepared once
+
+    def prepared(sessions: list[Session], idx: list[int]) -> list[PreparedSession]:
+        todo = [sessions[i] for i in idx if id(sessions[i]) not in cache]
+        for s, ps in zip(todo, prepare_sessions(model, todo, valid_fraction=cfg.valid_fraction) if todo else []):
+            cache[id(s)] = ps
+        return [cache[id(sessions[i])] for i in idx]
+
+    train_prep = prepared(train_sessions, rt.shard(train_sessions))
+    valid_list = valid_sessions or train_sessions
+    valid_prep = prepared(valid_list, rt.owned(valid_list))
     sampler = WindowSampler(
-        prepared, readout=readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
+        train_prep, readout=model.config.readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
         phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
-        max_tokens=model.config.max_tokens_per_chunk, seed=cfg.seed + start_epoch, bin_jitter=cfg.bin_jitter,
+        max_tokens=model.config.max_tokens_per_chunk, seed=rt.seed(cfg.seed, start_epoch), bin_jitter=cfg.bin_jitter,
         jitter_s=cfg.jitter_s,
     )
     params = list(params) if params is not None else [p for p in model.parameters()]
@@ -381,51 +196,57 @@ def fit(
         p.requires_grad_(id(p) in trainable)
     opt = make_optimizer(model, params, cfg)
     if optim_state is not None:
-        _load_optim(opt, optim_state)
-    steps_per_epoch = len(sampler.epoch(cfg.batch_size))
+        load_optimizer_state(opt, optim_state)
+    steps_per_epoch = rt.steps_per_epoch(sampler, cfg.batch_size)
     epochs = cfg.epochs_for(steps_per_epoch)
     total = steps_per_epoch * epochs
     offset = start_epoch * steps_per_epoch  # resuming: continue the schedule where it stopped
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: flat_cosine(s + offset, total, flat_fraction=cfg.flat_fraction))
+    net = rt.wrap(model)
     best = best_so_far(out_dir, start_epoch)
-    if out_dir is not None:
+    write = out_dir is not None and rt.is_main
+    if write:
         out_dir.mkdir(parents=True, exist_ok=True)
     bar = None
-    if cfg.progress:
+    if cfg.progress and rt.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step", dynamic_ncols=True)
+        desc = "train" if rt.world_size == 1 else f"train x{rt.world_size}"
+        bar = tqdm(total=total, initial=offset, desc=desc, unit="step", dynamic_ncols=True)
     history: list[dict] = []
     best_state = None
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None  # a resumed run starts a new average
     ds = cfg.default_session if cfg.default_session in model.session_vocab else None
+    session_order = [s.session_id for s in valid_list]
     try:
         for epoch in range(start_epoch, epochs):
-            model.train()
+            net.train()
             t0 = time.perf_counter()
-            losses = run_epoch(model, model, sampler, sampler.epoch(cfg.batch_size), device=device, opt=opt, sched=sched,
-                               params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch, average=average)
-            meta = {"epoch": epoch, "train": {**dataclasses.asdict(cfg), "epochs_run": epochs}}
+            losses = run_epoch(net, model, sampler, rt.batches(sampler, cfg.batch_size, steps_per_epoch), device=device, opt=opt,
+                               sched=sched, params=params, grad_clip=cfg.grad_clip, bar=bar, epoch=epoch, average=average)
+            meta = {"epoch": epoch, "train": {**dataclasses.asdict(cfg), "epochs_run": epochs}, **rt.meta}
             # validation, the best state and best.* use the averaged weights (when averaging)
             with average.swapped() if average is not None else contextlib.nullcontext():
-                valid = evaluate_prepared(model, valid_prep, split="valid", device=device)
+                valid = rt.merge_valid(evaluate_prepared(model, valid_prep, split="valid", device=device) if valid_prep else {},
+                                       session_order)
                 meta["valid"] = valid
                 metric = primary_metric(valid)
-                improved = metric > best["metric"]
+                improved = bool(metric > best["metric"])  # every process sees the same metrics: the same decision
                 if improved:
                     best = {"epoch": epoch, "metric": metric, "metrics": valid}
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    if out_dir is not None:
+                    if write:
                         save_checkpoint(model, out_dir / "best", meta=meta, default_session=ds)
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+            row = {"epoch": epoch, **rt.epoch_losses(losses), "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 2), "valid": valid}
             history.append(row)
-            log.info("epoch %d loss %.4f valid %s", epoch, row["train_loss"], {k: v for k, v in valid.items() if not isinstance(v, dict)})
-            if out_dir is not None:
+            if rt.is_main:
+                log.info("epoch %d loss %.4f valid %s", epoch, row["train_loss"], {k: v for k, v in valid.items() if not isinstance(v, dict)})
+            if write:
                 with open(out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 save_checkpoint(model, out_dir / "last", meta=meta, default_session=ds)  # the live weights: resume
-                _save_optim(opt, out_dir / "last.optim.safetensors", {"epoch": epoch})
+                save_optimizer_state(opt, out_dir / "last.optim.safetensors", {"epoch": epoch})
             if on_epoch is not None:
                 on_epoch(row)
     finally:
@@ -433,7 +254,7 @@ def fit(
             bar.close()
     if best_state is not None:  # leave the model at its best validation epoch
         model.load_state_dict(best_state)
-    return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history}
+    return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history, "steps_per_epoch": steps_per_epoch}
 
 
 def model_for_run(
@@ -453,18 +274,27 @@ def model_for_run(
     return model, start_epoch, optim_state
 
 
-def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
-    """Train a model from scratch (or resume a run directory) as ``cfg`` says."""
+def train_model(cfg: TrainConfig, *, resume: str | Path | None = None, runtime: Runtime | None = None) -> tuple[POSSM, dict]:
+    """Train a model from scratch (or resume a run directory) as ``cfg`` says; returns the model (at its
+    best validation epoch) and :func:`fit`'s result with ``n_parameters`` and ``out``. The ``model:``
+    section is checked before any data loads."""
+    rt = runtime if runtime is not None else Runtime()
     if cfg.data is None:
         raise ConfigError("no training data: give data: DIR in the config or --data DIR (make some with `possm simulate`)")
+    check_model_spec(cfg.model)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     sessions = load_sessions(cfg.data)
     out_dir = Path(cfg.out)
-    model, start_epoch, optim_state = model_for_run(cfg, sessions, resume)
+    model, start_epoch, optim_state = model_for_run(cfg, sessions, resume, hint=rt.resume_hint)
     model.train()
-    log.info("model: %s backbone, %d parameters, %d sessions, %d units", model.config.backbone, model.n_parameters(), len(sessions), model.n_units)
-    result = fit(model, sessions, cfg=cfg, out_dir=out_dir, start_epoch=start_epoch, optim_state=optim_state)
-    result["n_parameters"] = model.n_parameters()
-    result["out"] = str(out_dir)
-    return result
+    if rt.is_main:
+        log.info("model: %s backbone, %d parameters, %d sessions, %d units", model.config.backbone, model.n_parameters(),
+                 len(sessions), model.n_units)
+    result = fit(model, sessions, cfg=cfg, out_dir=out_dir, start_epoch=start_epoch, optim_state=optim_state, runtime=rt)
+    return model, {**result, "n_parameters": model.n_parameters(), "out": str(out_dir)}
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
+    """Train a model from scratch (or resume a run directory) as ``cfg`` says; returns :func:`train_model`'s result."""
+    return train_model(cfg, resume=resume)[1]

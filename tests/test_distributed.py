@@ -203,14 +203,14 @@ def test_possm_pretrain_launches_torchrun_with_the_same_flags(run_inputs):
 
 
 # -- two ranks -------------------------------------------------------------------------------------
-def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path, sessions):
-    out = tmp_path / "run"
+def _torchrun_two_ranks(config: Path, data: Path, out: Path) -> dict:
+    """Pretrain on 2 CPU ranks under a real torchrun; returns rank 0's JSON summary."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     env["OMP_NUM_THREADS"] = "1"
     # rendezvous on 127.0.0.1, port 0: torchrun binds a free port itself (no race for a port picked in advance)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--rdzv_backend=c10d",
-           "--rdzv_endpoint=127.0.0.1:0", "--rdzv_id=possm-test", "-m", "possm_plugin.distributed", "--config", str(run_inputs / "cfg.yaml"),
-           "--data", str(run_inputs / "data"), "--out", str(out), "--json", "--timeout", "60"]
+           "--rdzv_endpoint=127.0.0.1:0", "--rdzv_id=possm-test", "-m", "possm_plugin.distributed", "--config", str(config),
+           "--data", str(data), "--out", str(out), "--json", "--timeout", "60"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -224,7 +224,12 @@ def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path,
     assert time.monotonic() - t0 < 60
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, stdout  # only rank 0 reports
-    res = json.loads(lines[0])
+    return json.loads(lines[0])
+
+
+def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path, sessions):
+    out = tmp_path / "run"
+    res = _torchrun_two_ranks(run_inputs / "cfg.yaml", run_inputs / "data", out)
     assert res["world_size"] == 2 and res["backend"] == "gloo" and res["global_batch_size"] == 16
 
     # the ranks trained on disjoint sessions that cover the data, and saw different windows
@@ -246,3 +251,42 @@ def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path,
     assert state_digest(init) != d0
     moved = max((best.state_dict()[k] - v).abs().max().item() for k, v in init.state_dict().items() if v.is_floating_point())
     assert moved > 1e-3
+
+
+def test_recipe_features_work_under_torchrun(run_inputs, tmp_path, sessions):
+    """The ranks run train.fit's loop: min_steps adds epochs, and with ema the validation, best.* and the
+    weights every rank ends with are the average of the weights, while last.* holds the live ones."""
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(CONFIG.replace("epochs: 2,", "epochs: 1, min_steps: 12, ema: 0.9, jitter_s: 0.05,"))
+    out = tmp_path / "run"
+    res = _torchrun_two_ranks(cfg, run_inputs / "data", out)
+    steps = res["steps_per_epoch"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps < 12 and len(rows) == -(-12 // steps) >= 2  # 1 epoch asked, at least 12 steps run
+    assert all(r["steps"] == steps for r in rows)
+    best, doc = load_checkpoint(out / "best.yaml")
+    last, _ = load_checkpoint(out / "last.yaml")
+    assert {k: doc["meta"]["train"][k] for k in ("ema", "jitter_s", "min_steps", "epochs_run")} == {
+        "ema": 0.9, "jitter_s": 0.05, "min_steps": 12, "epochs_run": len(rows)}
+    assert res["ranks_in_sync"] and state_digest(best) == res["rank_digests"][0]  # every rank ends at the averaged best
+    r2 = {name: evaluate_prepared(m, prepare_sessions(m, sessions, valid_fraction=0.25))["r2"] for name, m in (("best", best), ("last", last))}
+    assert r2["best"] == pytest.approx(doc["meta"]["valid"]["r2"], abs=1e-6)  # validated what best.* holds
+    assert abs(r2["last"] - rows[-1]["valid"]["r2"]) > 1e-4  # the last epoch validated the average, not the live weights
+
+
+def test_a_bad_model_section_fails_before_any_rank_joins_the_group(run_inputs, tmp_path, monkeypatch, capsys):
+    for var, val in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}.items():
+        monkeypatch.setenv(var, val)
+    from possm_plugin import train as train_mod
+
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
+    monkeypatch.setattr(train_mod, "load_sessions", lambda *a, **k: pytest.fail("the data was read before the model section was checked"))
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(CONFIG.replace("dim: 32,", "dimm: 32,"))
+    t0 = time.perf_counter()
+    rc = main(["--config", str(cfg), "--data", str(tmp_path / "huge"), "--out", str(tmp_path / "run")])
+    took = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("possm pretrain [rank 0]: error: model config: unknown key(s) ['dimm']") and "\n" not in err, err
+    assert took < 1.0 and joined == [] and not (tmp_path / "run").exists()

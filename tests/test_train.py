@@ -1,9 +1,12 @@
 import copy
 import json
+import re
+import time
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from possm_plugin.checkpoint import load_checkpoint
 from possm_plugin.data import prepare_sessions
@@ -174,3 +177,47 @@ def test_weight_average_is_what_validation_and_best_checkpoint_hold(tmp_path, mo
     assert any(not torch.equal(sb[k], sl[k]) for k in sb)  # the average differs from the live weights
     r2 = evaluate_prepared(best, prepare_sessions(best, motor))["r2"]
     assert r2 == pytest.approx(res["best"]["r2"], abs=1e-6)
+
+
+@pytest.mark.parametrize("model, named", [
+    ("{preset: small, backbone: gru, dimm: 32}", "dimm"),  # a typo
+    ("{preset: small, backbone: gru, dim: -3}", "dim=-3"),  # a bad value
+    ("{preset: small, backbone: gruu}", "gruu"),  # no such backbone
+    ("{preset: small, backbone: gru, backbone_kwargs: {hiden: 32}}", "hiden"),  # a typo the backbone rejects
+])
+def test_a_bad_model_section_fails_at_once_before_any_data_loads(tmp_path, monkeypatch, capsys, model, named):
+    """``possm train``: the model: section is checked before the data directory is read, so a typo fails in
+    well under a second with one line naming it, even when the data is large (here: reading it fails the test)."""
+    from possm_plugin import train as train_mod
+    from possm_plugin.cli.main import main as possm_main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data was read before the model section was checked")
+
+    monkeypatch.setattr(train_mod, "load_sessions", no_loading)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {model}\ntrain: {{epochs: 1}}\n")
+    t0 = time.perf_counter()
+    rc = possm_main(["train", "--config", str(cfg), "--data", str(tmp_path / "huge"), "--out", str(tmp_path / "run")])
+    took = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and named in err and err.count("\n") == 0, err
+    assert err.startswith("possm train: error: ") and took < 1.0, (err, took)
+    assert not (tmp_path / "run").exists()
+    # the same from Python: a TrainConfig made by hand is checked by train() before its data loads
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        train(TrainConfig(model=yaml.safe_load(model), data=str(tmp_path / "huge"), progress=False))
+
+
+def test_the_model_check_accepts_what_the_data_decides_and_keeps_the_random_state(motor):
+    """Fields the data decides (outputs, readout) are not held against a section; the check builds the model
+    once without drawing from torch's generator, so seeded runs stay as they were."""
+    from possm_plugin.train_config import check_model_spec
+
+    state = torch.get_rng_state()
+    for spec in (TINY_SPEC, {**TINY_SPEC, "output_dim": 3}, {**TINY_SPEC, "output_names": ["a"]},
+                 {**TINY_SPEC, "readout": "regression", "output_dim": 3}, {"dim": 32, "dim_head": 32}):
+        assert check_model_spec(spec).dim == 32
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ConfigError, match="output_names"):  # a section that contradicts itself
+        check_model_spec({**TINY_SPEC, "readout": "regression", "output_dim": 3, "output_names": ["a"]})
