@@ -34,7 +34,8 @@ def _ffn(x: torch.Tensor, f: FFNFold) -> torch.Tensor:
     return x + _lin(h[..., : f.half] * F.gelu(h[..., f.half :]), f.proj_out)
 
 
-def _gru(bb: GRUFold, cells: list, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+def _gru(cells: list, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """Stacked GRU cells; ``cells``: per layer (W_ih (3E, in), W_hh (3E, E), b_ih, b_hh)."""
     hs = state[0]  # (B, layers, E)
     new = []
     for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(cells):
@@ -129,7 +130,7 @@ class TorchEngine(_TorchState):
     def _backbone(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         bb = self.f.backbone
         if isinstance(bb, GRUFold):
-            return _gru(bb, self._cells, z, state)
+            return _gru(self._cells, z, state)
         if isinstance(bb, S4DFold):
             return _s4d(bb, z, state)
         if isinstance(bb, MambaFold):
