@@ -25,7 +25,10 @@ __all__ = ["ReferenceEngine", "TorchEngine"]
 
 
 def _lin(x: torch.Tensor, wb: Linear) -> torch.Tensor:
-    return torch.matmul(x, wb[0]) + wb[1]
+    """x (..., in) @ W^T (in, out) + b, one fused call."""
+    if x.dim() == 2:
+        return torch.addmm(wb[1], x, wb[0])
+    return torch.addmm(wb[1], x.reshape(-1, x.shape[-1]), wb[0]).reshape(*x.shape[:-1], -1)
 
 
 def _ffn(x: torch.Tensor, f: FFNFold) -> torch.Tensor:
