@@ -51,8 +51,11 @@ def compiled_steps():
 
     here = Path(possm_plugin.engines.__file__).parent
     src = max((here / f).stat().st_mtime for f in ("numba_kernels.py", "numba_backbones.py"))
-    index = list((here / "__pycache__").glob("numba_backbones._step_*.nbi"))
-    if len(index) < 3 or min(p.stat().st_mtime for p in index) < src:
+    newest: dict[str, float] = {}  # entry point -> its newest cache index (older ones name older line numbers)
+    for p in (here / "__pycache__").glob("numba_backbones._step_*.nbi"):
+        name = p.name.split("-")[0]
+        newest[name] = max(newest.get(name, 0.0), p.stat().st_mtime)
+    if len(newest) < 3 or min(newest.values()) < src:
         from possm_plugin.engines.numba_step import warm_up
 
         warm_up()
