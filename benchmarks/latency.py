@@ -9,10 +9,11 @@
    ``possm_plugin.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
    one StreamingDecoder step (batch 1, 50 ms chunks): the model call as the decoder times it (the
    step and its outputs back), p50 and p99 over the timed chunks. ``--engines`` (default
-   ``numba,numpy,torch``) times each engine on the same model and spikes in the same run: the first
-   is the headline (``numba``: :class:`~possm_plugin.fast_numba.NumbaStep`, the decoder's CPU
-   default), the others get a column and a ratio (``numpy``: :class:`~possm_plugin.fast_numpy.NumpyStep`;
-   ``torch``: :class:`~possm_plugin.fast.FastStep`; ``reference``: ``model.step``). ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk
+   ``numba,torch``) times each engine on the same model and spikes in the same run: the first is the
+   headline (``numba``: :class:`~possm_plugin.engines.numba_step.NumbaEngine`, the decoder's CPU
+   default), the others get a column and a ratio (``torch``:
+   :class:`~possm_plugin.engines.torch_step.TorchEngine`; ``reference``: ``model.step``).
+   ``decoder_ms`` is the whole ``push`` + ``advance`` of a chunk
    (tokenization included). Those chunks run back to back (caches warm); ``paced`` times the
    headline engine again at the real cadence, spikes fed in 1 ms ticks and a chunk every 50 ms, the
    CPU idle (or busy with other work) in between, which is what a live decoder sees: on a shared
@@ -93,8 +94,8 @@ def pct(x) -> dict:
     return {"p50": round(float(np.percentile(x, 50)), 4), "p99": round(float(np.percentile(x, 99)), 4), "n": int(len(x))}
 
 
-ENGINES = ("numba", "numpy", "torch", "reference")
-ENGINE_LABEL = {"numba": "NumbaStep", "numpy": "NumpyStep", "torch": "FastStep (torch)", "reference": "model.step"}
+ENGINES = ("numba", "torch", "reference")
+ENGINE_LABEL = {"numba": "NumbaEngine", "torch": "TorchEngine", "reference": "model.step"}
 
 
 def _decoder(model, engine: str, device: str, prewarm: float | None = None):
@@ -113,7 +114,7 @@ def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warm
     edges = np.searchsorted(t, np.arange(n_chunks + warmup + 1) * CHUNK)
     res: dict = {}
     for engine in engines:
-        if engine in ("numpy", "numba") and device != "cpu":
+        if engine == "numba" and device != "cpu":
             continue
         dec = _decoder(model, engine, device)
         total = []
@@ -150,9 +151,7 @@ def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, 
     """Mean ms of the parts of one decoder step (compiled engine), and of the other engines' steps."""
     import torch
 
-    from possm_plugin.fast import FastStep
-    from possm_plugin.fast_numba import NumbaStep
-    from possm_plugin.fast_numpy import NumpyStep
+    from possm_plugin.engines import build_engine
     from possm_plugin.streaming import StreamingDecoder
     from possm_plugin.tokenize import tokenize_one
 
@@ -160,12 +159,9 @@ def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, 
     ch, t = poisson(n_units, n + 20)
     rows = ch + 1
     edges = np.searchsorted(t, np.arange(n + 21) * CHUNK)
-    parts = {k: [] for k in ("push", "advance (whole)", "tokenize_one", "NumbaStep.step", "NumpyStep.step", "FastStep.step (torch)", "model.step")}
+    parts = {k: [] for k in ("push", "advance (whole)", "tokenize_one", "NumbaEngine.step", "TorchEngine.step", "model.step")}
     dec = StreamingDecoder(model, t0=0.0)
-    nb, eng, fast = NumbaStep.from_model(model), NumpyStep.from_model(model), FastStep.from_model(model)
-    sess = np.ones(1, np.int64)
-    st_nb = st_np = tuple(x.numpy() for x in model.initial_state(1))
-    st_fast, st_ref = model.initial_state(1), model.initial_state(1)
+    engines = [build_engine(model, engine=e, sessions=[1]) for e in ("numba", "torch", "reference")]
     with torch.inference_mode():
         for k in range(n + 20):
             a, b = edges[k], edges[k + 1]
@@ -176,18 +172,12 @@ def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, 
             s2 = time.perf_counter()
             units, times, mask, _, _ = tokenize_one(rows[a:b], t[a:b], start=k * CHUNK, end=(k + 1) * CHUNK)
             s3 = time.perf_counter()
-            _, st_nb = nb.step(units, times, mask, sess, st_nb)
-            s3b = time.perf_counter()
-            _, st_np = eng.step(units, times, mask, sess, st_np)
-            s4 = time.perf_counter()
-            tu, tt, tm, ts = torch.from_numpy(units), torch.from_numpy(times), torch.from_numpy(mask), torch.from_numpy(sess)
-            s5 = time.perf_counter()
-            _, st_fast = fast.step(tu, tt, tm, ts, st_fast)
-            s6 = time.perf_counter()
-            _, st_ref = model.step(tu, tt, tm, ts, st_ref)
-            s7 = time.perf_counter()
+            marks = [s0, s1, s2, s3]
+            for eng in engines:
+                eng.step(units, times, mask)
+                marks.append(time.perf_counter())
             if k >= 20:
-                for key, dt in zip(parts, (s1 - s0, s2 - s1, s3 - s2, s3b - s3, s4 - s3b, s6 - s5, s7 - s6)):
+                for key, dt in zip(parts, np.diff(marks)):
                     parts[key].append(dt * 1e3)
     return {k: round(float(np.mean(v)), 4) for k, v in parts.items()}
 
@@ -344,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-paced", action="store_true", help="skip the compute timed at the real cadence (one chunk per 50 ms)")
     p.add_argument("--rt-priority", type=int, default=None, metavar="N",
                    help="also run the LSL end to end with sender, node and receiver under SCHED_FIFO priority N (as real-time rigs run them)")
-    p.add_argument("--engines", default="numba,numpy,torch",
-                   help="comma list of steps to time, the first is the headline: numba (NumbaStep, the decoder's CPU default), "
-                        "numpy (NumpyStep), torch (FastStep), reference (model.step)")
+    p.add_argument("--engines", default="numba,torch",
+                   help="comma list of engines to time, the first is the headline: numba (NumbaEngine, the decoder's CPU default), "
+                        "torch (TorchEngine), reference (model.step)")
     p.add_argument("--reference", action="store_true", help="headline model.step (same as --engines reference)")
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma list")
     p.add_argument("--sizes", default=",".join(SIZES), help="comma list")
@@ -367,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     engines = ("reference",) if args.reference else tuple(e for e in args.engines.split(",") if e)
     if not engines or any(e not in ENGINES for e in engines):
         p.error(f"--engines takes a comma list of {', '.join(ENGINES)}")
-    if args.device != "cpu" and engines[0] in ("numpy", "numba"):
-        engines = tuple(e for e in engines if e not in ("numpy", "numba")) or ("torch",)
+    if args.device != "cpu" and engines[0] == "numba":
+        engines = tuple(e for e in engines if e != "numba") or ("torch",)
     threads = set_cpu_threads(args.threads)
     n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 40) if args.quick else (600, 50, 30.0, 100)
     result: dict = {"device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
@@ -403,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(r: dict) -> str:
     others = [e for e in r.get("engines", []) if e != r["engines"][0]] if r.get("engines") else []
-    lines = [f"per-chunk compute ({r.get('step', 'NumbaStep')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']}, "
+    lines = [f"per-chunk compute ({r.get('step', 'NumbaEngine')}), batch 1, {r['device']}, {r['threads']} thread(s), torch {r['torch']}, "
              f"numpy {r.get('numpy', '?')} (load average {r['load_average']} before, {r.get('load_average_after', '?')} after)",
              f"{'model':22s} {'params':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'push+advance p50':>17s} {'paced p50/p99':>14s} {'+prewarm':>12s}"
              + "".join(f" {e + ' p50':>15s} {'ratio':>6s}" for e in others)]

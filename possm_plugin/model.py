@@ -248,10 +248,6 @@ class POSSM(nn.Module):
     def n_parameters(self, *, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        """What unit identification trains: unit and session embeddings and the latent queries."""
-        return [self.unit_emb.weight, self.session_emb.weight, self.latent_emb]
-
 
 def _grow(emb: nn.Embedding, n_new: int, std: float) -> nn.Embedding:
     old = emb.weight.data

@@ -4,7 +4,8 @@ prediction per chunk, and never reprocesses the past.
 It knows nothing of I/O: adapters push events (channel index, time) and advance a watermark (the
 time up to which a stream is complete); every chunk whose end the watermark has passed is tokenized
 with the same code as training (:func:`possm_plugin.tokenize.tokenize`) and decoded with one O(1)
-``model.step``. Several streams can be decoded in one batched step.
+step of an inference engine (:mod:`possm_plugin.engines`, which owns the recurrent state). Several
+streams can be decoded in one batched step.
 
 Bad input never raises from ``push``/``advance``: NaN or inf times, times beyond
 ``MAX_ABS_TIME``, non-numeric or complex arrays, unknown channels, events older than a chunk already
@@ -42,19 +43,13 @@ from .io import Prediction
 from .model import POSSM
 from .tokenize import chunk_end, tokenize, tokenize_one
 
-__all__ = ["StreamingDecoder", "DecoderStats", "MAX_ABS_TIME", "NUMPY_MAX_STREAMS"]
+__all__ = ["MAX_ABS_TIME", "DecoderStats", "StreamingDecoder"]
 
 log = logging.getLogger("possm_plugin.streaming")
 
 #: event times and watermarks beyond +-this many seconds (~317 years) are invalid: chunk arithmetic on
 #: such magnitudes loses sub-millisecond precision (e.g. a unix time in ms taken for seconds)
 MAX_ABS_TIME = 1e10
-#: without Numba, ``engine="auto"`` uses the NumPy step up to this many streams (small GRU, 102 units
-#: each: NumPy 0.20 / 0.50 / 1.04 / 1.61 ms at 1 / 8 / 16 / 24 streams against torch's 0.50 / 0.78 /
-#: 1.25 / 1.96; at 32 streams NumPy 3.7, torch 2.1). The compiled step is the fastest at every count
-#: measured (small GRU, 96 units: 0.08 / 0.46 / 0.50 / 0.98 / 1.91 ms at 1 / 8 / 16 / 32 / 64 streams,
-#: torch 0.88 / 0.78 / 1.20 / 1.98 / 4.26), so with Numba it has no limit.
-NUMPY_MAX_STREAMS = 16
 
 
 @dataclass
@@ -146,13 +141,14 @@ class StreamingDecoder:
         max_latency_samples: latency samples kept (a ring of the most recent).
         default_session: the session used when ``session`` is None (checkpoints name one).
         fast: decode with folded tables (exact same outputs as ``model.step`` up to float rounding);
-            False: with ``model.step`` itself. Call :meth:`refresh` after changing the model's weights.
-        engine: which step decodes (``fast=True`` only): ``"auto"`` (default: on the CPU, for the
-            built-in backbones, ``"numba"``; without Numba ``"numpy"`` up to ``NUMPY_MAX_STREAMS``
-            streams; otherwise ``"torch"``), ``"numba"``
-            (:class:`~possm_plugin.fast_numba.NumbaStep`: compiled, the fastest on a CPU), ``"numpy"``
-            (:class:`~possm_plugin.fast_numpy.NumpyStep`) or ``"torch"``
-            (:class:`~possm_plugin.fast.FastStep`: any device, any backbone).
+            False: with ``model.step`` itself (``engine="reference"``). Call :meth:`refresh` after
+            changing the model's weights.
+        engine: which engine decodes (see :mod:`possm_plugin.engines`): ``"auto"`` (default: on the
+            CPU, for the built-in backbones, ``"numba"``, otherwise ``"torch"``), ``"numba"``
+            (:class:`~possm_plugin.engines.numba_step.NumbaEngine`: compiled, the fastest on a CPU
+            at every stream count measured), ``"torch"``
+            (:class:`~possm_plugin.engines.torch_step.TorchEngine`: any device, any backbone) or
+            ``"reference"`` (``model.step``).
         prewarm: seconds (e.g. 0.002): once a stream's watermark is within this much of its next
             chunk's end, :meth:`advance` runs one throwaway step (a blank chunk on a copy of the state;
             outputs, state and counters untouched) so that the real step a moment later finds its
@@ -206,50 +202,37 @@ class StreamingDecoder:
         self._channel_rows = torch.as_tensor(model.unit_vocab.lookup(self.unit_ids))  # raises UnknownUnitError
         self._channel_rows_np = self._channel_rows.numpy()
         self._session = torch.full((n_streams,), session_row, dtype=torch.long, device=self.device)
-        self._session_np = np.full(n_streams, session_row, np.int64)
         self._t0 = t0
         self.streams = [_Stream(session_row) for _ in range(n_streams)]
         self.stats = DecoderStats()
-        self._state = model.initial_state(n_streams, device=self.device)
         self._warned: dict[str, float] = {}
         if prewarm is not None and not (isinstance(prewarm, (int, float)) and 0 < prewarm < self.chunk_step):
             raise ConfigError(f"prewarm={prewarm!r} must be None or seconds in (0, chunk_step={self.chunk_step:g})")
         self.prewarm = None if prewarm is None else float(prewarm)
         self._prewarmed: dict[int, int] = {}  # stream -> the chunk index prewarmed for
-        if engine not in ("auto", "numba", "numpy", "torch"):
-            raise ConfigError(f"engine must be 'auto', 'numba', 'numpy' or 'torch', got {engine!r}")
         self.fast = fast
-        self._engine_choice = engine
+        self._engine_choice = engine if fast else "reference"
+        self._engine = None
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild the inference step from the model's current weights."""
-        from .fast import FastStep
-        from .fast_numba import NumbaStep, numba_available
-        from .fast_numpy import NumpyStep, numpy_step_supported
+        """Rebuild the inference engine from the model's current weights (the streams' state is kept)."""
+        from .engines import build_engine
 
-        self.engine = "reference"
-        if not self.fast:
-            self._stepper = self.model
-            return
-        want = self._engine_choice
-        if want == "auto":
-            cpu_ok = self.device.type == "cpu" and numpy_step_supported(self.model)
-            if cpu_ok and numba_available():
-                want = "numba"
-            else:
-                want = "numpy" if cpu_ok and self.n_streams <= NUMPY_MAX_STREAMS else "torch"
-        if want in ("numpy", "numba"):
-            if self.device.type != "cpu":
-                raise ConfigError(f"engine={want!r} runs on the CPU only, not on {self.device}")
-            if not numpy_step_supported(self.model):
-                raise ConfigError(f"engine={want!r} has no step for backbone {self.model.config.backbone!r}; use engine='torch'")
-            if want == "numba" and not numba_available():
-                raise ConfigError("engine='numba' needs Numba (pip install numba); engine='numpy' runs without it")
-            self._stepper = NumbaStep.from_model(self.model) if want == "numba" else NumpyStep.from_model(self.model)
-        else:
-            self._stepper = FastStep.from_model(self.model)
-        self.engine = want
+        cfg = self.model.config
+        scale = float(cfg.target_scale) if cfg.readout == "regression" else 1.0
+        old = self._engine
+        self._engine = build_engine(self.model, engine=self._engine_choice, device=self.device,
+                                    sessions=[st.session_row for st in self.streams], output_scale=scale)
+        if old is not None:
+            self._engine.load_state(old.state)
+        self.engine = self._engine.name
+
+    @property
+    def state(self) -> tuple:
+        """The streams' recurrent state as :meth:`POSSM.initial_state` lays it out (the engine's own
+        arrays, NumPy or torch: read them, do not keep them across chunks)."""
+        return self._engine.state
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -292,14 +275,11 @@ class StreamingDecoder:
         """Forget the recurrent state and buffered events of one stream (or all); the grid is
         re-anchored at the next event or watermark."""
         idx = range(self.n_streams) if stream is None else [stream]
-        fresh = self.model.initial_state(1, device=self.device)
-        with torch.inference_mode():  # the state holds inference tensors (made by _decode)
-            for i in idx:
-                for s, f in zip(self._state, fresh):
-                    s[i] = f[0]
-                st = self.streams[i]
-                self.stats.spikes_skipped += len(st.times)
-                self.streams[i] = _Stream(st.session_row)
+        for i in idx:
+            self._engine.reset(i)
+            st = self.streams[i]
+            self.stats.spikes_skipped += len(st.times)
+            self.streams[i] = _Stream(st.session_row)
         self.stats.resets += 1
 
     def _warn(self, key: str, msg: str, *args) -> None:
@@ -469,16 +449,7 @@ class StreamingDecoder:
                 return  # one per call: the caches are warm for every stream
 
     def _throwaway_step(self, s: int) -> None:
-        units, rel, mask = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.float32), np.ones((1, 1), bool)
-        with torch.inference_mode():
-            if self.engine in ("numpy", "numba"):
-                state = tuple(x.numpy()[s : s + 1] for x in self._state)  # read only: the engine returns new arrays
-                self._stepper.step(units, rel, mask, self._session_np[s : s + 1], state)
-            else:
-                state = tuple(x[s : s + 1].clone() for x in self._state)
-                dev = self.device
-                self._stepper.step(torch.from_numpy(units).to(dev), torch.from_numpy(rel).to(dev), torch.from_numpy(mask).to(dev),
-                                   self._session[s : s + 1], state)
+        self._engine.warm(s)
         self.stats.prewarms += 1
 
     def _skip_silences(self, s: int, wm: float, out: list[Prediction]) -> int:
@@ -525,10 +496,7 @@ class StreamingDecoder:
             st.rows, st.times = st.rows[keep], st.times[keep]
 
     def _reset_state(self, s: int) -> None:
-        fresh = self.model.initial_state(1, device=self.device)
-        with torch.inference_mode():  # the state holds inference tensors (made by _decode)
-            for x, f in zip(self._state, fresh):
-                x[s] = f[0]
+        self._engine.reset(s)
         self.stats.resets += 1
 
     def _decode(self, streams: list[int]) -> list[Prediction]:
@@ -562,11 +530,7 @@ class StreamingDecoder:
                 w = c[0].shape[1]
                 units[i, :w], rel[i, :w], mask[i, :w] = c[0][0], c[1][0], c[2][0]
         t_start = time.perf_counter()
-        full = len(streams) == self.n_streams
-        if self.engine in ("numpy", "numba"):
-            values = self._decode_numpy(streams, full, units, rel, mask)
-        else:
-            values = self._decode_torch(streams, full, torch.from_numpy(units), torch.from_numpy(rel), torch.from_numpy(mask))
+        values = self._engine.step(units, rel, mask, None if len(streams) == self.n_streams else streams)
         ms = (time.perf_counter() - t_start) * 1e3
         self._record(self.stats.compute_ms, ms)
         self.stats.chunks_decoded += b
@@ -575,37 +539,6 @@ class StreamingDecoder:
             self.stats.spikes_decoded += n_sp
             preds.append(Prediction(values=values[i], t_start=start, t_end=end, chunk_index=k, stream=s, compute_ms=ms, n_spikes=n_sp))
         return preds
-
-    def _decode_numpy(self, streams: list[int], full: bool, units: np.ndarray, rel: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One step of the NumPy or compiled engine; the state stays in torch tensors that share its memory."""
-        sess = self._session_np if full else self._session_np[streams]
-        state = tuple(x.numpy() for x in self._state)
-        if not full:
-            state = tuple(x[streams] for x in state)
-        out, new = self._stepper.step(units, rel, mask, sess, state)
-        if full:
-            self._state = tuple(torch.from_numpy(x) for x in new)
-        else:
-            for x, y in zip(self._state, new):
-                x.numpy()[streams] = y
-        if self.model.config.readout == "regression" and self.model.config.target_scale != 1.0:
-            out = out * np.float32(self.model.config.target_scale)
-        return out
-
-    def _decode_torch(self, streams: list[int], full: bool, units: torch.Tensor, rel: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        idx = torch.as_tensor(streams, device=self.device)
-        with torch.inference_mode():
-            state = self._state if full else tuple(x.index_select(0, idx) for x in self._state)
-            out, new = self._stepper.step(
-                units.to(self.device), rel.to(self.device), mask.to(self.device),
-                self._session if full else self._session.index_select(0, idx), state,
-            )
-            if full:
-                self._state = new
-            else:
-                for x, y in zip(self._state, new):
-                    x.index_copy_(0, idx, y)
-            return (out * self.model.config.target_scale if self.model.config.readout == "regression" else out).float().cpu().numpy()
 
     def _record(self, xs: list[float], v: float) -> None:
         xs.append(v)

@@ -28,4 +28,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import possm_plugin
   echo "$want" > "$stamp"
 fi
 # compile the CPU inference step once (Numba caches it; a no-op when the cache is current)
-$PY -m possm_plugin.cli.main compile >&2 || echo "setup: the compiled engine is unavailable; decoders use NumPy" >&2
+$PY -m possm_plugin.cli.main compile >&2 || echo "setup: the compiled engine is unavailable; decoders use the torch engine" >&2

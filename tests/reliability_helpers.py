@@ -53,7 +53,7 @@ def accounting(dec) -> tuple[int, int]:
 
 
 def state_is_finite(dec) -> bool:
-    return all(bool(torch.isfinite(x.float()).all()) for x in dec._state)
+    return all(bool(torch.isfinite(torch.as_tensor(x).float()).all()) for x in dec.state)
 
 
 def poisson(rng: np.random.Generator, *, n_units: int = 16, rate: float = 20.0, t0: float = 0.0, dt: float = 1.0):

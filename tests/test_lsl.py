@@ -442,7 +442,7 @@ def test_binned_bins_stay_on_their_grid_when_the_clock_offset_estimate_moves(dri
     w, n_units, n_bins = 0.001, 4, 1000
     src = LSLSource("x")
     src.srate, src.form, src._tc = 1.0 / w, "binned", 0.0
-    dec = StreamingDecoder(make_tiny([f"u{i}" for i in range(n_units)]), session=SESSION, engine="numpy")
+    dec = StreamingDecoder(make_tiny([f"u{i}" for i in range(n_units)]), session=SESSION, engine="torch")
     rng = np.random.default_rng(3)
     counts = rng.poisson(0.05, size=(n_bins, n_units))
     counts[::97, 1] = 3  # some bins with several spikes of one unit (spread inside the bin)

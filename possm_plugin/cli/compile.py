@@ -1,6 +1,6 @@
 """``possm compile [--json]``: compile the CPU inference step now (or check that it is cached).
 
-The compiled engine (:class:`~possm_plugin.fast_numba.NumbaStep`) compiles on its first use after an
+The compiled engine (:class:`~possm_plugin.engines.numba_step.NumbaEngine`) compiles on its first use after an
 install or upgrade (~10-30 s for the three built-in backbones) and Numba keeps the result on disk. A
 decoder compiles when it is built, never on a live chunk, but a node's first start then takes that
 long: run this once when deploying (``scripts/setup.sh`` does) so that every node starts in under a
@@ -29,16 +29,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fast_numba import _NUMBA_ERROR, cache_directory, numba_available, warm_up
+    from .. import engines
 
-    if not numba_available():
-        doc = {"available": False, "error": _NUMBA_ERROR, "seconds": 0.0, "cache": None}
+    error = engines.numba_error()
+    if error is not None:
+        doc = {"available": False, "error": error, "seconds": 0.0, "cache": None}
     else:
+        from ..engines.numba_step import cache_directory, warm_up
+
         doc = {"available": True, "error": None, "seconds": round(warm_up(), 3), "cache": cache_directory()}
     if args.json:
         print(json.dumps(doc))
     elif not doc["available"]:
-        print(f"possm compile: Numba is not available ({doc['error']}); decoders use the NumPy engine")
+        print(f"possm compile: Numba is not available ({doc['error']}); decoders use the torch engine")
     else:
         print(f"possm compile: inference step ready in {doc['seconds']:.1f} s (cache: {doc['cache'] or 'none: compiled per process'})")
     return 0 if doc["available"] else 1
