@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import save_checkpoint
+from .cli.formatter import HelpFormatter
 from .data import PreparedSession, WindowSampler, prepare_sessions
 from .errors import ConfigError, PossmError
 from .evaluate import evaluate_prepared
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m possm_plugin.distributed",
         description="Multi-session POSSM pretraining with DistributedDataParallel. Start it with "
                     "`torchrun --nproc_per_node=N -m possm_plugin.distributed ...`; without torchrun it runs as one process.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level of rank 0")

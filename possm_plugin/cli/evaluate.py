@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..checkpoint import load_checkpoint
 from ..data import prepare_sessions
 from ..evaluate import evaluate_prepared
 from ..session import load_sessions
+from .formatter import HelpFormatter
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on sessions it knows", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on sessions it knows", formatter_class=HelpFormatter,
                        description="Decodes the held-out trials of each session continuously, as the live decoder does.")
     p.add_argument("--checkpoint", help="checkpoint (default: the bundled one)")
     p.add_argument("--data", required=True, help="directory (or .npz file) of sessions")

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from .formatter import HelpFormatter
+
 __all__ = ["add_parser", "collect", "run"]
 
 
@@ -20,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "distribution and version providing it, and every plugin that failed to load. "
             "POSSM_PLUGINS (comma list of entry-point or distribution names, 'builtin' or 'none') restricts what loads."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any plugin failed to load")

@@ -18,6 +18,7 @@ import logging
 import sys
 
 from ..sim_lsl import add_stream_arguments
+from .formatter import HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "simulate",
         help="write simulated sessions (NPZ), or stream one live over LSL (--lsl)",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--sessions", type=int, default=2, help="how many sessions to write")
     p.add_argument("--seed", type=int, default=0, help="base seed (a session depends only on seed, subject and index)")
