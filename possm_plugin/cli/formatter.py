@@ -1,5 +1,7 @@
-"""The one ``--help`` formatter of every command (``possm``, its subcommands, ``possm-lsl``,
-``possm-brand``): defaults shown once, and docstring markup turned into plain terminal text.
+"""Text for the terminal: the one ``--help`` formatter of every command (``possm``, its subcommands,
+``possm-lsl``, ``possm-brand``), and aligned plain-text tables.
+
+Help texts:
 
 - A default is appended as ``(default: X)`` only when it says something: not for ``None``, not for
   on/off flags, and not when the help text already names its default (``default: the bundled one``).
@@ -14,7 +16,7 @@ import argparse
 import re
 import textwrap
 
-__all__ = ["HelpFormatter", "plain_text"]
+__all__ = ["HelpFormatter", "plain_text", "text_table"]
 
 _LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
 _ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`(~?)([^`]+)`")
@@ -62,3 +64,9 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def text_table(rows: list[list[str]]) -> str:
+    """Rows of cells (the first row: the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
