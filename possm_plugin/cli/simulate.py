@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise ConfigError("say where to write the sessions: --out DIR (or stream live with --lsl)")
     from .. import sim
+    from ..sim.spiking import MIN_SESSION_S
 
+    if args.duration is not None and not args.duration >= MIN_SESSION_S:
+        raise ConfigError(f"--duration must be at least {MIN_SESSION_S:g} s when writing sessions, got {args.duration:g}")
     func_name, default_subject = TASKS[args.task]
     func = getattr(sim, func_name)
     sessions = func(
