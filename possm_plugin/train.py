@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, write_safetensors
 from .config import ModelConfig, preset
 from .data import WindowSampler, prepare_sessions
 from .errors import CheckpointError, ConfigError, DataError
@@ -235,8 +236,6 @@ def primary_metric(metrics: dict) -> float:
 
 
 def _save_optim(opt: torch.optim.Optimizer, path: Path, extra: dict) -> None:
-    from safetensors.torch import save_file
-
     tensors, scalars = {}, {}
     for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
@@ -244,7 +243,9 @@ def _save_optim(opt: torch.optim.Optimizer, path: Path, extra: dict) -> None:
                 tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
-    save_file(tensors, str(path), metadata={"extra": json.dumps({**extra, "scalars": scalars})})
+    tmp = path.with_name(path.name + ".tmp")
+    write_safetensors(tensors, tmp, metadata={"extra": json.dumps({**extra, "scalars": scalars})})
+    os.replace(tmp, path)  # a crash mid-write leaves the previous state whole
 
 
 def _load_optim(opt: torch.optim.Optimizer, path: Path) -> dict:
