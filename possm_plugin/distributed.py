@@ -64,6 +64,7 @@ from .train import (
     make_optimizer,
     model_for_run,
     primary_metric,
+    progress_bar,
     run_epoch,
 )
 
@@ -373,11 +374,9 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
     write = ctx.is_main and cfg.out is not None
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if cfg.progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=offset, desc=f"pretrain x{world}", unit="step", dynamic_ncols=True)
+    progress = contextlib.ExitStack()
+    show = cfg.progress and ctx.is_main
+    bar = progress.enter_context(progress_bar(total=total, initial=offset, desc=f"pretrain x{world}")) if show else None
     session_order = [s.session_id for s in sessions]
     dist_meta = {"world_size": world, "backend": ctx.backend, "global_batch_size": global_batch, "written_by_rank": rank}
     history: list[dict] = []
@@ -413,8 +412,7 @@ def _run(cfg: TrainConfig, ctx: DistContext, resume: str | Path | None) -> dict:
                 if improved:
                     save_checkpoint(model, out_dir / "best", meta=meta, default_session=ds)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     digests = _gather(ctx, state_digest(model))

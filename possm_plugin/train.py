@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,6 +319,25 @@ class WeightAverage:
                     p.copy_(v)
 
 
+@contextlib.contextmanager
+def progress_bar(*, total: int, initial: int, desc: str):
+    """A tqdm progress bar of optimiser steps; while it is open, the records of the console logging
+    handlers (the CLI's, on the root and the package logger) go through ``tqdm.write``, on their own
+    lines above the bar instead of glued onto it."""
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def console(logger: logging.Logger) -> bool:
+        return any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)
+
+    # only loggers with a console handler: tqdm adds its handler to every logger it is given
+    loggers = [lg for lg in (logging.root, logging.getLogger("possm_plugin")) if console(lg)]
+    with logging_redirect_tqdm(loggers=loggers, tqdm_class=tqdm), tqdm(
+        total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True
+    ) as bar:
+        yield bar
+
+
 def run_epoch(net: torch.nn.Module, model: POSSM, sampler: WindowSampler, batches, *, device, opt: torch.optim.Optimizer,
               sched, params: list[torch.nn.Parameter], grad_clip: float | None, bar=None, epoch: int = 0,
               average: WeightAverage | None = None) -> list[float]:
@@ -391,11 +411,8 @@ def fit(
     best = best_so_far(out_dir, start_epoch)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step", dynamic_ncols=True)
+    progress = contextlib.ExitStack()
+    bar = progress.enter_context(progress_bar(total=total, initial=offset, desc="train")) if cfg.progress else None
     history: list[dict] = []
     best_state = None
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None  # a resumed run starts a new average
@@ -430,8 +447,7 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if best_state is not None:  # leave the model at its best validation epoch
         model.load_state_dict(best_state)
     return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history}

@@ -174,3 +174,30 @@ def test_weight_average_is_what_validation_and_best_checkpoint_hold(tmp_path, mo
     assert any(not torch.equal(sb[k], sl[k]) for k in sb)  # the average differs from the live weights
     r2 = evaluate_prepared(best, prepare_sessions(best, motor))["r2"]
     assert r2 == pytest.approx(res["best"]["r2"], abs=1e-6)
+
+
+def test_log_lines_are_not_glued_onto_the_progress_bar(motor, capsys):
+    """The CLI logs through a stderr handler on the root logger while tqdm draws on stderr: each epoch's
+    log line must start a line of its own, never follow the bar's text."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root, old_level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        before = list(root.handlers)
+        m = build_model(TINY_SPEC, motor[:1], seed=0)
+        fit(m, motor[:1], cfg=TrainConfig(epochs=2, batch_size=32, lr=4e-3, progress=True, seed=0))
+        assert root.handlers == before  # the redirection ends with the bar
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    err = capsys.readouterr().err
+    assert "train:" in err and "100%" in err  # the bar was drawn
+    logged = [ln for ln in err.split("\n") if "epoch " in ln and " loss " in ln]
+    assert len(logged) == 2, err
+    for ln in logged:  # what the terminal shows of the line: the text after the last carriage return
+        assert ln.split("\r")[-1].startswith("INFO possm_plugin.train: epoch "), repr(ln)
