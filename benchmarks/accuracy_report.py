@@ -139,7 +139,7 @@ def report_markdown(out: dict, png_name: str, old: str | None) -> str:
         f"{meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} s of CPU over {meta['jobs']} worker(s) x "
         f"{meta['threads']} thread(s) on {meta['cpus']} cores, load average {meta['load_avg_start']} at the start and "
         f"{meta['load_avg_end']} at the end; torch {meta['torch']}). The JSON of this run is "
-        f"[`accuracy.json`](accuracy.json). Protocol: the docstring of `benchmarks/accuracy.py` and the notes below.",
+        f"[`accuracy.json`](accuracy.json). Protocol: the docstring of [`benchmarks/accuracy.py`](../benchmarks/accuracy.py) and the notes below.",
         "",
         f"![accuracy]({png_name})",
         "",

@@ -301,7 +301,7 @@ def test_example_graph_parameters_are_valid():
     graph = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "brand" / "possm_graph.yaml").read_text())
     node = next(n for n in graph["nodes"] if n["nickname"] == "possm")
     p = NodeParameters.from_dict(node["parameters"])
-    assert p.input_stream == "threshold_values" and p.input_dtype == "int8" and p.n_channels == 192
+    assert p.input_stream == "threshold_values" and p.input_dtype == "int8" and p.n_channels == 102
     assert any(n["parameters"].get("input_stream") == p.output_stream for n in graph["nodes"])  # someone reads POSSM
 
 
