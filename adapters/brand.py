@@ -77,6 +77,7 @@ import redis
 
 from possm_plugin.adapters.redis_io import RedisConnection, RedisOptions, RedisUnavailable, StreamReader, StreamWriter
 from possm_plugin.adapters.redis_stream import CLOCKS, INPUT_DTYPES, KINDS, EntryParser, ParsedEntry
+from possm_plugin.cli.formatter import HelpFormatter
 from possm_plugin.errors import ConfigError, PossmError, StreamError
 
 __all__ = ["NodeParameters", "BrandNode", "read_node_parameters", "build_parser", "main"]
@@ -659,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="possm-brand",
         description="POSSM decoder as a BRAND node: parameters from supergraph_stream, spikes in, predictions out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-n", "--nickname", required=True, help="the node's nickname in the graph")
     p.add_argument("-i", "--redis_host", "--host", dest="host", default="127.0.0.1", help="Redis host")

@@ -23,7 +23,7 @@ from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, PossmError
 from .model import POSSM
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_config", "resolve_checkpoint", "default_checkpoint", "FORMAT_VERSION"]
+__all__ = ["save_checkpoint", "write_safetensors", "load_checkpoint", "read_checkpoint_config", "resolve_checkpoint", "default_checkpoint", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _WEIGHTS, _CONFIG = ".safetensors", ".yaml"
@@ -68,10 +68,20 @@ def resolve_checkpoint(path: str | os.PathLike | None) -> tuple[Path, Path]:
     return weights, config
 
 
-def save_checkpoint(model: POSSM, path: str | os.PathLike, *, default_session: str | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``path`` (.yaml) and its .safetensors twin atomically; returns the YAML path."""
-    from safetensors.torch import save_file
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, *, metadata: dict[str, str]) -> str:
+    """Write ``tensors`` to the safetensors file ``path``, created like any other file (mode 0666 less
+    the umask: safetensors' own ``save_file`` makes it 0600 whatever the umask, so the weights of a
+    checkpoint would not be readable where its YAML is); returns the file's sha256 (hex)."""
+    from safetensors.torch import save
 
+    data = save(tensors, metadata=metadata)
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(model: POSSM, path: str | os.PathLike, *, default_session: str | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``path`` (.yaml) and its .safetensors twin atomically; returns the YAML path. Both files
+    get the same mode (0666 less the umask)."""
     stem = Path(path)
     if stem.suffix in (_WEIGHTS, _CONFIG):
         stem = stem.with_suffix("")
@@ -79,8 +89,7 @@ def save_checkpoint(model: POSSM, path: str | os.PathLike, *, default_session: s
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights, config = stem.with_suffix(_WEIGHTS), stem.with_suffix(_CONFIG)
     tmp_w = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "possm-plugin", "format_version": str(FORMAT_VERSION)})
-    sha = hashlib.sha256(tmp_w.read_bytes()).hexdigest()
+    sha = write_safetensors(tensors, tmp_w, metadata={"format": "possm-plugin", "format_version": str(FORMAT_VERSION)})
     sessions = model.session_vocab.ids
     doc = {
         "format": "possm-plugin",

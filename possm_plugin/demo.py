@@ -16,6 +16,12 @@ with the velocity interpolated at its chunk's end, the time it is stamped with),
 (model compute per chunk from the telemetry; end to end = the last spike of a chunk pushed by the
 source process -> its prediction received here, from the source's push log), the counts, and writes
 ``demo.png`` (decoded vs true velocity, latency histograms) and ``demo.json`` to ``out_dir``.
+
+The counts (``report["counts"]``, see :func:`count_predictions`) differ for reasons that the report
+states: the node decodes from its start, before this consumer has opened its inlet (those predictions
+reach no one); the consumer receives a start-up batch before it starts timing, then the live window
+(the only predictions timed), then the predictions in flight when it stopped; R2 is scored on the
+received predictions that fall within the true-velocity record.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import numpy as np
 from .errors import PossmError, StreamError
 from .sim_lsl import check_bin_rate
 
-__all__ = ["run_demo", "end_to_end_latency", "sim_id_prefix", "DemoError"]
+__all__ = ["run_demo", "end_to_end_latency", "count_predictions", "sim_id_prefix", "DemoError"]
 
 log = logging.getLogger("possm_plugin.demo")
 
@@ -185,6 +191,7 @@ def run_demo(
         while time.monotonic() < t_stop:
             pull()
             time.sleep(0.0005)
+        t_live_end = pylsl.local_clock()  # later receptions wait on the node's stop: not timed
         node_out, node_err = _stop(node)
         pull(0.1)
         _stop(sim)
@@ -201,7 +208,8 @@ def run_demo(
 
     p_t, p_v, p_r = cat("pred", 0), cat("pred", 1), cat("pred", 2)
     v_t, v_v = cat("vel", 0), cat("vel", 1)
-    tele = cat("tele", 1)
+    tele, tele_r = cat("tele", 1), cat("tele", 2)
+    live_tele = (tele_r >= t_live) & (tele_r <= t_live_end)
     try:
         summary = json.loads(node_out.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -213,15 +221,16 @@ def run_demo(
 
     r2 = r2_score(true, p_v[inside]) if inside.sum() >= 2 else np.full(p_v.shape[1] if p_v.ndim == 2 else 2, np.nan)
     e2e = end_to_end_latency(p_t, p_r, np.load(push_log) if sim_ok else np.zeros((0, 2)))
-    e2e[p_r < t_live] = np.nan
+    e2e[(p_r < t_live) | (p_r > t_live_end)] = np.nan
     report = {
         "duration_s": duration,
         "form": form,
         "bin_rate_hz": bin_rate if form == "binned" else None,
         "predictions_received": int(len(p_t)),
+        "counts": count_predictions(summary, received=p_r, live=(t_live, t_live_end), scored=int(inside.sum())),
         "r2": {"mean": float(np.nanmean(r2)), **{f"r2_{i}": float(x) for i, x in enumerate(r2)}},
-        "compute_ms": _pct(tele[:, 0]) if len(tele) else _pct(np.zeros(0)),
-        "chunk_end_to_publish_ms": _pct(tele[:, 1]) if len(tele) else _pct(np.zeros(0)),
+        "compute_ms": _pct(tele[live_tele, 0]) if len(tele) else _pct(np.zeros(0)),
+        "chunk_end_to_publish_ms": _pct(tele[live_tele, 1]) if len(tele) else _pct(np.zeros(0)),
         "end_to_end_ms": _pct(e2e),
         "node_summary": summary,
         "plot": None,
@@ -230,6 +239,25 @@ def run_demo(
         report["plot"] = str(_plot(out / "demo.png", p_t, p_v, v_t, v_v, tele, e2e, r2))
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def count_predictions(summary: dict, *, received: np.ndarray, live: tuple[float, float], scored: int) -> dict:
+    """Where each prediction went. ``received`` (N,): LSL receive time of each prediction; ``live``: the
+    timed window ``(start, end)`` on that clock; ``summary``: the node's (``chunks_decoded``,
+    ``predictions_published``). ``before_consumer`` = published - received: made before this consumer
+    opened its inlet (LSL keeps no history for a new inlet), so no one received them."""
+    received = np.asarray(received, np.float64)
+    published = summary.get("predictions_published")
+    return {
+        "chunks_decoded": summary.get("chunks_decoded"),
+        "published": published,
+        "before_consumer": None if published is None else int(published - len(received)),
+        "received": int(len(received)),
+        "startup": int((received < live[0]).sum()),
+        "live": int(((received >= live[0]) & (received <= live[1])).sum()),
+        "stopping": int((received > live[1]).sum()),
+        "scored": int(scored),
+    }
 
 
 def _plot(path: Path, p_t, p_v, v_t, v_v, tele, e2e, r2) -> Path:
@@ -268,15 +296,25 @@ def format_report(r: dict) -> str:
 
     s = r.get("node_summary", {})
     lines = [
-        f"possm demo: {r['predictions_received']} predictions received in {r['duration_s']:g} s ({r['form']} input)",
+        f"possm demo: {r['duration_s']:g} s of live decoding ({r['form']} input)",
         f"  R2 vs true velocity: {r['r2']['mean']:.3f} (vx {r['r2'].get('r2_0', float('nan')):.3f}, vy {r['r2'].get('r2_1', float('nan')):.3f})",
         f"  model compute per chunk: {ms(r['compute_ms'])}",
         f"  chunk end -> published: {ms(r['chunk_end_to_publish_ms'])}",
         f"  last spike pushed -> prediction received: {ms(r['end_to_end_ms'])}",
     ]
+    c = r.get("counts", {})
+    if c.get("published") is not None:
+        lines += [
+            f"  predictions: the node decoded {c['chunks_decoded']} chunks and published {c['published']} predictions:",
+            f"    {c['before_consumer']} before this consumer connected (received by no one)",
+            f"    {c['startup']} received at start-up, while the consumer opened its other streams (not timed)",
+            f"    {c['live']} received in the {r['duration_s']:g} s live window (the latencies above)",
+            f"    {c['stopping']} in flight when the node stopped (not timed)",
+            f"    R2 scored on the {c['scored']} of the {c['received']} received that lie within the true-velocity record",
+        ]
     if "chunks_decoded" in s:
-        lines.append(f"  counts: {s['chunks_decoded']} chunks decoded, {s['spikes_decoded']} spikes decoded, "
-                     f"{s['spikes_dropped']} dropped (late {s['spikes_late']}), {s['chunks_skipped']} chunks skipped")
+        lines.append(f"  spikes: {s['spikes_decoded']} decoded, {s['spikes_dropped']} dropped (late {s['spikes_late']}); "
+                     f"{s['chunks_skipped']} chunks skipped")
     if r.get("plot"):
         lines.append(f"  plot: {r['plot']}")
     return "\n".join(lines)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .cli.formatter import HelpFormatter
 from .data import WindowSampler
 from .errors import ConfigError, PossmError
 from .model import POSSM
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m possm_plugin.distributed",
         description="Multi-session POSSM pretraining with DistributedDataParallel. Start it with "
                     "`torchrun --nproc_per_node=N -m possm_plugin.distributed ...`; without torchrun it runs as one process.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level of rank 0")

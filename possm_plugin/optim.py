@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -94,7 +95,7 @@ class WeightAverage:
 
 def save_optimizer_state(opt: torch.optim.Optimizer, path: Path, extra: dict) -> None:
     """Write ``opt``'s state (tensors, and the scalars with ``extra`` as JSON metadata) to a safetensors file."""
-    from safetensors.torch import save_file
+    from .checkpoint import write_safetensors
 
     tensors, scalars = {}, {}
     for pid, st in opt.state_dict()["state"].items():
@@ -103,7 +104,9 @@ def save_optimizer_state(opt: torch.optim.Optimizer, path: Path, extra: dict) ->
                 tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
-    save_file(tensors, str(path), metadata={"extra": json.dumps({**extra, "scalars": scalars})})
+    tmp = path.with_name(path.name + ".tmp")
+    write_safetensors(tensors, tmp, metadata={"extra": json.dumps({**extra, "scalars": scalars})})
+    os.replace(tmp, path)  # a crash mid-write leaves the previous state whole
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, path: Path) -> dict:

@@ -5,6 +5,7 @@ The training run on top of it is :mod:`possm_plugin.distributed`."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,7 +97,9 @@ def init_distributed(device: str = "cpu", *, timeout_s: float = 1800.0) -> DistC
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
         backend = "nccl"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), device_id=dev)
+        # device_id (torch 2.3+) binds the group to this GPU; older torch guesses it from the rank
+        bind = {"device_id": dev} if "device_id" in inspect.signature(dist.init_process_group).parameters else {}
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **bind)
     else:
         dev, backend = torch.device("cpu"), "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))

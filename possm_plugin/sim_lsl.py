@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli.formatter import HelpFormatter
 from .errors import ConfigError
 
 __all__ = ["SimulatedLSLStream", "stream_simulated_session", "check_bin_rate", "build_parser", "main", "DEFAULT_OFFSET_S",
@@ -258,7 +259,7 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m possm_plugin.sim_lsl", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_stream_arguments(p)
     p.add_argument("--duration", type=float, default=None, help="seconds to stream (default: until interrupted)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed")

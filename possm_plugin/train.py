@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,6 @@ __all__ = ["RECIPE", "TrainConfig", "WeightAverage", "Runtime", "load_train_conf
            "make_optimizer", "train", "train_model", "fit", "primary_metric"]
 
 log = logging.getLogger("possm_plugin.train")
-_load_optim = load_optimizer_state  # the name tests and older callers import
 
 
 def primary_metric(metrics: dict) -> float:
@@ -148,6 +148,25 @@ def run_epoch(net: torch.nn.Module, model: POSSM, sampler: WindowSampler, batche
     return losses
 
 
+@contextlib.contextmanager
+def progress_bar(*, total: int, initial: int, desc: str):
+    """A tqdm progress bar of optimiser steps; while it is open, the records of the console logging
+    handlers (the CLI's, on the root and the package logger) go through ``tqdm.write``, on their own
+    lines above the bar instead of glued onto it."""
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def console(logger: logging.Logger) -> bool:
+        return any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)
+
+    # only loggers with a console handler: tqdm adds its handler to every logger it is given
+    loggers = [lg for lg in (logging.root, logging.getLogger("possm_plugin")) if console(lg)]
+    with logging_redirect_tqdm(loggers=loggers, tqdm_class=tqdm), tqdm(
+        total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True
+    ) as bar:
+        yield bar
+
+
 def fit(
     model: POSSM,
     train_sessions: list[Session],
@@ -207,12 +226,10 @@ def fit(
     write = out_dir is not None and rt.is_main
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if cfg.progress and rt.is_main:
-        from tqdm.auto import tqdm
-
-        desc = "train" if rt.world_size == 1 else f"train x{rt.world_size}"
-        bar = tqdm(total=total, initial=offset, desc=desc, unit="step", dynamic_ncols=True)
+    progress = contextlib.ExitStack()
+    desc = "train" if rt.world_size == 1 else f"train x{rt.world_size}"
+    show = cfg.progress and rt.is_main
+    bar = progress.enter_context(progress_bar(total=total, initial=offset, desc=desc)) if show else None
     history: list[dict] = []
     best_state = None
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None  # a resumed run starts a new average
@@ -250,8 +267,7 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if best_state is not None:  # leave the model at its best validation epoch
         model.load_state_dict(best_state)
     return {"best_epoch": best["epoch"], "best": best["metrics"], "history": history, "steps_per_epoch": steps_per_epoch}

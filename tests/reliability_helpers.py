@@ -195,7 +195,8 @@ def f64(f: dict, key: bytes) -> float:
 
 
 def report(scenario: str, **measured) -> None:
-    """Print one measured outcome (``pytest -s`` shows them; docs/reliability.md quotes them)."""
+    """Print one measured outcome to the test's captured output, never among the progress dots:
+    ``pytest -s`` or ``-rP`` shows them (docs/reliability.md quotes them)."""
     import json
 
     print(f"[reliability] {json.dumps({'scenario': scenario, **measured}, default=str)}")

@@ -102,3 +102,30 @@ def test_nan_weights_are_rejected(tmp_path):
     path = save_checkpoint(m, tmp_path / "ck")
     with pytest.raises(CheckpointError, match="NaN or inf"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=["umask022", "umask077", "umask002"])
+def test_every_file_of_a_checkpoint_gets_the_same_mode_from_the_umask(tmp_path, umask):
+    """safetensors' save_file makes 0600 files whatever the umask; the YAML beside them was 0644: a
+    checkpoint shared with a group or another user had readable metadata and unreadable weights."""
+    import os
+    import stat
+
+    from possm_plugin.optim import load_optimizer_state as _load_optim
+    from possm_plugin.optim import save_optimizer_state as _save_optim
+
+    m = make_tiny_model("gru", n_units=8)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    sum(p.sum() for p in m.parameters()).backward()
+    opt.step()
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(m, tmp_path / "ck")
+        _save_optim(opt, tmp_path / "ck.optim.safetensors", {"epoch": 0})
+    finally:
+        os.umask(old)
+    files = [path, path.with_suffix(".safetensors"), tmp_path / "ck.optim.safetensors"]
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
+    assert not list(tmp_path.glob("*.tmp"))
+    load_checkpoint(path)  # the hash in the YAML is the written file's
+    assert _load_optim(torch.optim.AdamW(m.parameters(), lr=1e-3), tmp_path / "ck.optim.safetensors")["epoch"] == 0

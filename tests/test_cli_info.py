@@ -91,6 +91,19 @@ def test_simulate_needs_out_or_lsl(capsys):
     assert "--out DIR" in capsys.readouterr().err
 
 
+def test_simulate_duration_bound_is_a_clean_number(tmp_path, capsys):
+    for bad, shown in (("0", "0"), ("4.99", "4.99"), ("nan", "nan")):
+        assert main(["simulate", "--out", str(tmp_path), "--duration", bad]) == 1
+        err = capsys.readouterr().err
+        assert err.strip() == f"possm simulate: error: --duration must be at least 5 s when writing sessions, got {shown}"
+    assert not list(tmp_path.iterdir())
+    from possm_plugin.errors import ConfigError
+    from possm_plugin.sim import simulate_handwriting_sessions
+
+    with pytest.raises(ConfigError, match=r"^duration_s must be >= 5, got 2\.5$"):  # the library says the same
+        simulate_handwriting_sessions(1, duration_s=2.5)
+
+
 def test_compile_prepares_the_compiled_step_and_says_where_it_is_cached(capsys, monkeypatch):
     from pathlib import Path
 

@@ -11,7 +11,7 @@ import uuid
 import lsl_helpers  # noqa: F401  # pins LSL discovery to this machine through LSLAPICFG
 import pytest
 
-from possm_plugin.demo import run_demo
+from possm_plugin.demo import format_report, run_demo
 from possm_plugin.errors import ConfigError
 from possm_plugin.sim_lsl import SimulatedLSLStream
 
@@ -34,6 +34,15 @@ def test_demo_streams_decodes_and_reports(tmp_path, form):
     assert s["spikes_dropped"] == 0 and s["chunks_decoded"] >= r["predictions_received"] and s["spikes_decoded"] > 1000
     for key in ("compute_ms", "chunk_end_to_publish_ms", "end_to_end_ms"):
         assert r[key]["n"] >= 50 and 0 < r[key]["p50"] <= r[key]["p99"], (key, r[key])
+    # every count is accounted for: published = before the consumer + start-up + live window + at the stop
+    c = r["counts"]
+    assert c["published"] == s["predictions_published"] and c["received"] == r["predictions_received"]
+    assert c["before_consumer"] + c["startup"] + c["live"] + c["stopping"] == c["published"], c
+    assert min(c.values()) >= 0 and abs(c["live"] - 4 * 20) <= 3, c  # 20 predictions per second, timed
+    assert r["end_to_end_ms"]["n"] == c["live"] and abs(r["compute_ms"]["n"] - c["live"]) <= 2, c
+    assert c["scored"] <= c["received"]
+    text = format_report(r)
+    assert f"{c['before_consumer']} before this consumer connected" in text and f"{c['live']} received in the 4 s live window" in text
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
 

@@ -245,7 +245,7 @@ def test_evil_checkpoint_named_in_a_brand_graph(redis_server, tmp_path):
 def test_pickled_optimizer_state_is_refused(tmp_path):
     import torch
 
-    from possm_plugin.train import _load_optim
+    from possm_plugin.optim import load_optimizer_state as _load_optim
 
     marker = tmp_path / "pwned"
     f = tmp_path / "last.optim.safetensors"

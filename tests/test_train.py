@@ -221,3 +221,30 @@ def test_the_model_check_accepts_what_the_data_decides_and_keeps_the_random_stat
     assert torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ConfigError, match="output_names"):  # a section that contradicts itself
         check_model_spec({**TINY_SPEC, "readout": "regression", "output_dim": 3, "output_names": ["a"]})
+
+
+def test_log_lines_are_not_glued_onto_the_progress_bar(motor, capsys):
+    """The CLI logs through a stderr handler on the root logger while tqdm draws on stderr: each epoch's
+    log line must start a line of its own, never follow the bar's text."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root, old_level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        before = list(root.handlers)
+        m = build_model(TINY_SPEC, motor[:1], seed=0)
+        fit(m, motor[:1], cfg=TrainConfig(epochs=2, batch_size=32, lr=4e-3, progress=True, seed=0))
+        assert root.handlers == before  # the redirection ends with the bar
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    err = capsys.readouterr().err
+    assert "train:" in err and "100%" in err  # the bar was drawn
+    logged = [ln for ln in err.split("\n") if "epoch " in ln and " loss " in ln]
+    assert len(logged) == 2, err
+    for ln in logged:  # what the terminal shows of the line: the text after the last carriage return
+        assert ln.split("\r")[-1].startswith("INFO possm_plugin.train: epoch "), repr(ln)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .formatter import HelpFormatter
+
 __all__ = ["add_parser", "run"]
 
 
@@ -16,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Calibrate a decoder on an open-loop block of a simulated session, then let a simulated user "
         "steer a cursor with it (centre-out-and-back); print success rate, time to target, dial-in time, path "
         "efficiency and Fitts ITR, and write closed-loop.png and closed-loop.json to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--decoder", action="append", choices=["possm", "wiener", "kalman", "oracle"],
                    help="decoder in the loop (repeat for several; default: possm)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .formatter import HelpFormatter
+
 __all__ = ["add_parser", "run"]
 
 
@@ -21,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="compile the CPU inference step ahead of time (cached on disk)",
         description="Compile the Numba inference step of every built-in backbone, or load it from Numba's cache, "
         "and say where the cache is. Run once after installing, so that decoder nodes start at once.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .formatter import HelpFormatter
+
 __all__ = ["add_parser", "run"]
 
 
@@ -16,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Start a simulated spike source and `possm-lsl --inlet spikes` as processes, decode live for "
         "--duration seconds, then print the R2 against the true velocity, the latencies and the counts, and write "
         "DIR/demo.png and DIR/demo.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--duration", type=float, default=20.0, help="seconds of live decoding")
     p.add_argument("--out", default="possm-demo", help="directory for demo.png and demo.json")

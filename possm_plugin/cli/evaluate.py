@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..checkpoint import load_checkpoint
 from ..data import prepare_sessions
 from ..evaluate import evaluate_prepared
 from ..session import load_sessions
+from .formatter import HelpFormatter, text_table
+
+__all__ = ["add_parser", "run", "metrics_text"]
+
+# readout -> (metric key, column title)
+_METRIC = {"regression": ("r2", "R2"), "classification": ("accuracy", "accuracy"), "ctc": ("token_error_rate", "token error rate")}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on sessions it knows", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on sessions it knows", formatter_class=HelpFormatter,
                        description="Decodes the held-out trials of each session continuously, as the live decoder does.")
     p.add_argument("--checkpoint", help="checkpoint (default: the bundled one)")
     p.add_argument("--data", required=True, help="directory (or .npz file) of sessions")
@@ -38,6 +43,20 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        for k, v in metrics.items():
-            print(f"{k}: {v}")
+        which = "all trials" if args.split == "all" else f"held-out trials (the last {args.valid_fraction:.0%} of each session)"
+        print(f"{args.checkpoint or 'the bundled checkpoint'}: {metrics['readout']} readout, {metrics['n_sessions']} session(s), {which}")
+        print(metrics_text(metrics, output_names=model.config.output_names))
     return 0
+
+
+def metrics_text(metrics: dict, *, output_names: list[str]) -> str:
+    """The metrics of :func:`~possm_plugin.evaluate.evaluate_prepared` as a table: one row per session
+    (for a regression, the R2 of each output too), then the mean over sessions."""
+    key, title = _METRIC[metrics["readout"]]
+    per_output = metrics.get("r2_per_output", {})
+    names = output_names if per_output else []
+    rows = [["session", title, *(f"{title} {n}" for n in names)]]
+    for sid, value in metrics[f"{key}_per_session"].items():
+        rows.append([sid, f"{value:.3f}", *(f"{v:.3f}" for v in per_output.get(sid, []))])
+    rows.append(["mean", f"{metrics[key]:.3f}", *([""] * len(names))])
+    return text_table(rows)

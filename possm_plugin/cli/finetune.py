@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,11 +10,12 @@ from ..finetune import finetune
 from ..recipe import UI_LR, recipe_config
 from ..train import RECIPE
 from ..session import load_sessions
+from .formatter import HelpFormatter
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help="adapt a checkpoint to new sessions (unit identification or full fine-tuning)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint to start from (default: the bundled one)")
     p.add_argument("--data", required=True, help="directory (or .npz file) of the new sessions")
     p.add_argument("--mode", choices=["ui", "ft"], default="ui", help="ui: only new unit/session embeddings; ft: ui, then all")

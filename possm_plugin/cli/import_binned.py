@@ -8,14 +8,13 @@ bin's count becomes that many spike events at random times inside the bin (``--s
 
 from __future__ import annotations
 
-import argparse
-
+from .formatter import HelpFormatter
 from .import_data import add_common_arguments, write_session
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("binned", help="an NPZ file of binned counts (rates_hz or counts, velocity, bin_s, trial_lengths)",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
     add_common_arguments(p)
     p.add_argument("--bin-s", type=float, default=None, help="bin width in seconds, if the file has no bin_s")
     p.add_argument("--target", default="velocity", help="key of the behaviour to decode (velocity, position, ...)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..session import Session
+from .formatter import HelpFormatter
 
 __all__ = ["add_parser", "write_session", "FORMATS"]
 
@@ -23,7 +24,7 @@ FORMATS = {"binned": ".import_binned", "nwb": ".import_nwb"}
 
 def add_parser(sub) -> None:
     p = sub.add_parser("import", help="turn a recording (binned NPZ, NWB) into a session file",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
     fmt = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     for mod in FORMATS.values():
         importlib.import_module(mod, __package__).add_parser(fmt)

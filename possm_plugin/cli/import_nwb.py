@@ -8,14 +8,13 @@ Spikes from the Units table, the behaviour from the TimeSeries ``--target`` (a n
 
 from __future__ import annotations
 
-import argparse
-
+from .formatter import HelpFormatter
 from .import_data import add_common_arguments, write_session
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("nwb", help="a Neurodata Without Borders file (Units table, a behaviour series, trials)",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
     add_common_arguments(p)
     p.add_argument("--target", default=None, help="the behaviour series to decode, e.g. hand_vel (without it: the error lists them)")
     p.add_argument("--columns", type=int, nargs="+", default=None, help="columns of the series to keep (default all)")

@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from .formatter import HelpFormatter
+
 __all__ = ["add_parser", "run", "collect"]
 
 
@@ -20,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="describe a checkpoint (config, parameters, sessions and their units)",
         description="Describe a checkpoint: model config, parameter count, backbone, chunk timing, each session "
         "with its ordered unit ids, and the default session. Without CHECKPOINT: the bundled default.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", nargs="?", default=None, help="a .yaml/.safetensors file, their stem, or a directory (default: bundled)")
     p.add_argument("--json", action="store_true", help="print one JSON document")

@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, PluginError, PossmError, StreamError
+from .formatter import HelpFormatter
 
 __all__ = ["build_parser", "main", "parse_options", "format_summary"]
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="possm-lsl",
         description="Decode a live LSL spike stream with POSSM and publish the predictions on an LSL outlet.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--inlet", metavar="NAME", default=None, help="name of the LSL spike stream to decode")
     p.add_argument("--predicate", default=None, help="any LSL XPath predicate selecting the stream (with or instead of --inlet)")

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from ..errors import PossmError
+from .formatter import HelpFormatter
 
 __all__ = ["build_parser", "main", "SUBCOMMANDS"]
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="possm",
         description="POSSM neural decoding: simulate data, train, fine-tune, evaluate, inspect checkpoints and plugins.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")

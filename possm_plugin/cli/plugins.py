@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from .formatter import HelpFormatter, text_table
+
 __all__ = ["add_parser", "collect", "run"]
 
 
@@ -20,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "distribution and version providing it, and every plugin that failed to load. "
             "POSSM_PLUGINS (comma list of entry-point or distribution names, 'builtin' or 'none') restricts what loads."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any plugin failed to load")
@@ -47,11 +49,6 @@ def collect() -> dict:
     }
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def run(args: argparse.Namespace) -> int:
     doc = collect()
     if args.json:
@@ -61,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [["HOOK", "NAME", "PLUGIN", "DISTRIBUTION", "VERSION", "DESCRIPTION"]]
         for r in doc["plugins"]:
             rows.append([r["hook"], r["name"] or "-", r["plugin"], r["distribution"] or "-", r["version"] or "-", r["description"]])
-        print(_table(rows))
+        print(text_table(rows))
         if doc["restriction"]:
             print(f"\nPOSSM_PLUGINS={doc['restriction']!r}; not loaded: {', '.join(s['plugin'] for s in doc['skipped']) or 'nothing'}")
         if doc["failures"]:

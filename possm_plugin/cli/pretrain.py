@@ -17,6 +17,7 @@ import sys
 
 from ..distributed import add_arguments, forward_argv, run_args
 from ..errors import ConfigError
+from .formatter import HelpFormatter
 
 log = logging.getLogger("possm_plugin.cli.pretrain")
 
@@ -24,7 +25,7 @@ log = logging.getLogger("possm_plugin.cli.pretrain")
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "pretrain", help="multi-session pretraining on several processes or machines (torchrun + DDP)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Pretrain a POSSM on many sessions with DistributedDataParallel: gloo on CPU, nccl on GPU. "
                     "Sessions are sharded across ranks; only rank 0 writes the run directory. Flags override the config.",
     )

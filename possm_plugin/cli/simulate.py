@@ -18,6 +18,7 @@ import logging
 import sys
 
 from ..sim_lsl import add_stream_arguments
+from .formatter import HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "simulate",
         help="write simulated sessions (NPZ), or stream one live over LSL (--lsl)",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--sessions", type=int, default=2, help="how many sessions to write")
     p.add_argument("--seed", type=int, default=0, help="base seed (a session depends only on seed, subject and index)")
@@ -66,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise ConfigError("say where to write the sessions: --out DIR (or stream live with --lsl)")
     from .. import sim
+    from ..sim.spiking import MIN_SESSION_S
 
+    if args.duration is not None and not args.duration >= MIN_SESSION_S:
+        raise ConfigError(f"--duration must be at least {MIN_SESSION_S:g} s when writing sessions, got {args.duration:g}")
     func_name, default_subject = TASKS[args.task]
     func = getattr(sim, func_name)
     sessions = func(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..train import load_train_config, train
+from .formatter import HelpFormatter
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a POSSM from a YAML config", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = sub.add_parser("train", help="train a POSSM from a YAML config", formatter_class=HelpFormatter,
                        description="Train a POSSM on sessions in a directory (see examples/configs/). Flags override the config file.")
     p.add_argument("--config", help="YAML training config (sections model/data/train/out)")
     p.add_argument("--data", help="directory of session .npz files")

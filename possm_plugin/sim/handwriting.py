@@ -25,6 +25,7 @@ from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
 from .ids import sim_session_id
 from .spiking import (
     DT_S,
+    MIN_SESSION_S,
     check_int,
     check_n_units,
     check_positive,
@@ -123,7 +124,7 @@ def simulate_handwriting_session(
     seed = check_seed(seed)
     subject = check_subject(subject)
     n_classes = check_int("n_classes", n_classes, minimum=2, maximum=1000)
-    duration_s = check_positive("duration_s", duration_s, minimum=5.0 - 1e-12)
+    duration_s = check_positive("duration_s", duration_s, minimum=MIN_SESSION_S, inclusive=True)
     n_units = check_n_units(n_units)
     writing_s = check_range("writing_s", writing_s, minimum=0.1)
     pause_s = check_range("pause_s", pause_s, minimum=DT_S)

@@ -28,6 +28,7 @@ from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
 from .ids import sim_session_id
 from .spiking import (
     DT_S,
+    MIN_SESSION_S,
     check_int,
     check_n_units,
     check_positive,
@@ -145,7 +146,7 @@ def simulate_motor_session(
     session_index = check_int("session_index", session_index, minimum=0)
     seed = check_seed(seed)
     subject = check_subject(subject)
-    duration_s = check_positive("duration_s", duration_s, minimum=5.0 - 1e-12)
+    duration_s = check_positive("duration_s", duration_s, minimum=MIN_SESSION_S, inclusive=True)
     if paradigm not in PARADIGMS:
         raise ConfigError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
     n_units = check_n_units(n_units)

@@ -25,6 +25,7 @@ from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
 from .ids import sim_session_id
 from .spiking import (
     DT_S,
+    MIN_SESSION_S,
     POOL_MAX,
     check_int,
     check_n_units,
@@ -121,7 +122,7 @@ def simulate_phoneme_session(
     seed = check_seed(seed)
     subject = check_subject(subject)
     n_phonemes = check_int("n_phonemes", n_phonemes, minimum=2, maximum=1000)
-    duration_s = check_positive("duration_s", duration_s, minimum=5.0 - 1e-12)
+    duration_s = check_positive("duration_s", duration_s, minimum=MIN_SESSION_S, inclusive=True)
     n_units = check_n_units(n_units)
     try:
         e_lo = check_int("events_per_trial[0]", events_per_trial[0], minimum=1)

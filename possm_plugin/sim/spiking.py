@@ -39,6 +39,7 @@ __all__ = [
     "POOL_MAX",
     "VELOCITY_NORM_CM_S",
     "MAX_RATE_HZ",
+    "MIN_SESSION_S",
     "make_rng",
     "SubjectProfile",
     "NeuronPool",
@@ -68,6 +69,7 @@ POOL_MAX = 1024
 VELOCITY_NORM_CM_S = 30.0
 #: Upper limit of any firing rate, Hz (below 1 / (e * refractory) so the refractory spiking can reach it).
 MAX_RATE_HZ = 150.0
+MIN_SESSION_S = 5.0  # the shortest simulated session, s (room for a trial)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,12 +99,12 @@ def check_subject(subject) -> str:
     return subject
 
 
-def check_positive(name: str, value, *, minimum: float = 0.0) -> float:
-    """A finite float strictly greater than ``minimum``."""
+def check_positive(name: str, value, *, minimum: float = 0.0, inclusive: bool = False) -> float:
+    """A finite float greater than ``minimum`` (or equal to it, when ``inclusive``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if float(value) <= minimum:
-        raise ConfigError(f"{name} must be > {minimum}, got {value!r}")
+    if float(value) < minimum or (float(value) == minimum and not inclusive):
+        raise ConfigError(f"{name} must be {'>=' if inclusive else '>'} {minimum:g}, got {float(value):g}")
     return float(value)
 
 
