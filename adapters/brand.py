@@ -76,7 +76,7 @@ import numpy as np
 import redis
 
 from possm_plugin.adapters.redis_io import RedisConnection, RedisOptions, RedisUnavailable, StreamReader, StreamWriter
-from possm_plugin.adapters.redis_stream import CLOCKS, INPUT_DTYPES, KINDS, EntryParser, ParsedEntry
+from possm_plugin.adapters.redis_stream import CLOCKS, INPUT_DTYPES, KINDS, EntryParser, ParsedEntry, batch_of, prediction_entry
 from possm_plugin.errors import ConfigError, PossmError, StreamError
 
 __all__ = ["NodeParameters", "BrandNode", "read_node_parameters", "build_parser", "main"]
@@ -268,7 +268,6 @@ class BrandNode:
         self.previous_state: dict | None = None
         self.resume_info: dict | None = None
         self.latency_ms: list[float] = []
-        self._started = False
         self._reconnected = False
         self.conn.on_reconnect.append(self._on_reconnect)
 
@@ -367,7 +366,7 @@ class BrandNode:
         self._out_field = p.output_field
         self._out_dtype = np.dtype(p.output_dtype)
         self._time_key = p.time_key
-        self._sync_key = p.sync_key.encode()
+        self._passthrough = (p.sync_key.encode(),)
         self._time_key_b = p.time_key.encode()
         log.info(
             "POSSM node %r: %s %s (%d channels, %s) from %r -> %r; session %r; chunks %g ms; %s",
@@ -419,37 +418,11 @@ class BrandNode:
         return self.stats()
 
     def _decode(self, pe: ParsedEntry, t_read: float) -> None:
-        dec = self.decoder
-        if not self._started and pe.t_start is not None:
-            dec.advance(pe.t_start)  # anchor the chunk grid on the first bin's start
-            self._started = True
-        if len(pe.times):
-            dec.push(pe.channels, pe.times)
-        if pe.watermark is None:
-            return
-        preds = dec.advance(pe.watermark)
+        preds = self.decoder.decode(batch_of([pe], passthrough=self._passthrough, time_field=self._time_key_b))
         if not preds:
             return
-        f = pe.fields
-        i_in = f.get(b"i")
-        if i_in is None:
-            i_in = np.uint64(pe.index).tobytes()
         for pred in preds:
-            entry = {
-                self._out_field: np.asarray(pred.values, dtype=self._out_dtype).tobytes(),
-                "i": np.uint64(self.outputs).tobytes(),
-                "i_in": i_in,
-                "id_in": pe.id,
-                "t_end": np.float64(pred.t_end).tobytes(),
-            }
-            sync = f.get(self._sync_key)
-            if sync is not None:
-                entry[self.params.sync_key] = sync
-            ts_in = f.get(self._time_key_b)
-            if ts_in is not None:
-                entry["ts_in"] = ts_in
-            entry[self._time_key] = np.uint64(time.monotonic_ns()).tobytes()
-            self.writer.add(entry)
+            self.writer.add(prediction_entry(pred, field=self._out_field, dtype=self._out_dtype, i=self.outputs, time_key=self._time_key))
             self.outputs += 1
         self.writer.flush()
         ms = (time.perf_counter() - t_read) * 1e3
@@ -614,7 +587,6 @@ class BrandNode:
             log.info("calibrated checkpoint written to %s", path)
         self.decoder = StreamingDecoder(self.model, session=self.session, unit_ids=self.unit_ids, device=self.params.device,
                                         prewarm=self.params.prewarm_ms / 1e3 if self.params.prewarm_ms else None)
-        self._started = False
         self.calibration_metrics = {k: v for k, v in metrics.items() if k != "history"}
         self.calibration = None
         r2 = metrics.get("valid_r2")

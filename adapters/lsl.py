@@ -16,9 +16,10 @@ Input, two forms, decided from the stream's own metadata (``form="auto"``):
 * **binned counts** - regular rate: one channel per unit, int or float counts per bin. Unit ids are
   the channel labels. The timestamp of a sample marks the *end* of its bin (``bin_stamp="end"``, the
   moment the counts are complete; ``"start"`` is accepted too). Counts are turned into events spread
-  evenly inside the bin: ``k`` spikes of a bin ``[s, s + w)`` get the times
-  ``s + (i + 0.5) w / k``, ``i = 0..k-1``. Non-integer counts are rounded; negative, non-finite or
-  absurd (> ``max_count``, 1000) counts count as 0 (and are counted in ``bad_values``).
+  evenly inside the bin by :func:`possm_plugin.binned_events.binned_to_events` (the conversion every
+  source and the training importer share): ``k`` spikes of a bin ``[s, s + w)`` get the times
+  ``s + (i + 0.5) w / k``, ``i = 0..k-1``. NaN, infinite, negative, non-whole or absurd
+  (> ``max_count``, 1000) counts count as 0 (and are counted in ``bad_values``).
 
 Without labels, unit ids are the channel indices as strings (``"0"``, ``"1"``, ...); map them to a
 known session with ``possm-lsl --session ID``.
@@ -474,33 +475,18 @@ class LSLSource(SpikeSource):
         return SpikeBatch(ch, times, self._wm)
 
     def _binned(self, data: np.ndarray, ts: np.ndarray) -> SpikeBatch:
-        n, c = data.shape
         w = 1.0 / self.srate
-        counts = np.asarray(data, dtype=np.float64)
-        bad = ~np.isfinite(counts) | (counts < 0) | (counts > self.max_count)
-        if bad.any():
-            self.bad_values += int(bad.sum())
-            counts = np.where(bad, 0.0, counts)
-        k = np.rint(counts).astype(np.int64).reshape(-1)
         starts = self._bin_starts(np.asarray(ts, dtype=np.float64) - (w if self.bin_stamp == "end" else 0.0), w)
         lo = starts
         if self._wm is not None:  # a bin that straddles the watermark already given keeps its part after it
             lo = np.where((starts < self._wm) & (starts + w > self._wm), self._wm, starts)
-        total = int(k.sum())
-        if total:
-            flat = np.repeat(np.arange(n * c), k)
-            pos = np.arange(total) - np.repeat(np.cumsum(k) - k, k)
-            kk, b = k[flat], flat // c
-            times = lo[b] + (pos + 0.5) * ((starts[b] + w - lo[b]) / kk)
-            chans = (flat % c).astype(np.float64)
-        else:
-            times, chans = np.zeros(0), np.zeros(0)
         ends = starts + w
         ends = ends[ends <= pylsl.local_clock() - self._tc + self.max_future]
         if len(ends):
             end = float(ends.max())
             self._wm = end if self._wm is None else max(self._wm, end)
-        batch = SpikeBatch(chans, times, self._wm)
+        batch = SpikeBatch.from_bins(data, starts, w, span_starts=lo, watermark=self._wm, max_count=self.max_count)
+        self.bad_values += batch.bins_invalid
         batch.start = float(starts[0])  # the first bin's start: anchors the chunk grid on bin edges
         return batch
 

@@ -7,7 +7,8 @@ Input entries (one Redis stream entry per bin) come in two kinds:
 - ``binned``: binned spike counts, field ``samples`` holding one ``int8``/``int16``/``float32`` count
   per channel per bin of ``bin_size_ms``.
 
-Both are turned into spike events the same way: a count ``c`` on channel ``ch`` in the bin
+Both are turned into spike events by :func:`possm_plugin.binned_events.binned_to_events`, the
+conversion every source and the training importer share: a count ``c`` on channel ``ch`` in the bin
 ``[t, t + w)`` becomes ``c`` events at ``t + (k + 0.5) * w / c`` for ``k = 0..c-1`` -- the count spread
 evenly over the bin, each event at the centre of its share (so a single 1 ms crossing sits at the
 middle of its millisecond, never on a chunk boundary). The watermark after an entry is the end of its
@@ -23,9 +24,11 @@ The clock (``clock``) says where ``t`` comes from:
 - ``timestamps``: BRAND's hardware sample clock, field ``timestamps`` (uint32 sample counter of the
   bin's first sample at ``timestamps_rate`` Hz, 30 kHz for a Blackrock NSP; wrap-around is undone).
 
-Malformed entries (missing field, wrong byte length, wrong dtype, negative / non-integer / absurd
-counts) are counted by reason and logged (rate-limited), never fatal; their bin still advances the
-clock and the watermark, as an empty bin, so the chunk grid stays aligned.
+Malformed entries (missing field, wrong byte length, wrong dtype) are counted by reason and logged
+(rate-limited), never fatal; their bin still advances the clock and the watermark, as an empty bin,
+so the chunk grid stays aligned. Bad counts (NaN, negative, non-whole, above ``max_count``) are
+dropped one by one as everywhere (:mod:`possm_plugin.binned_events`); the entry's other counts are
+kept and the entry is counted under ``bad_values``.
 
 Connections (:class:`RedisConnection`) never retry inside redis-py: a failed command marks the link
 down, the reader waits with exponential backoff (50 ms doubling to ``backoff_max``) and tries again;
@@ -54,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from possm_plugin.binned_events import binned_to_events
 from possm_plugin.errors import ConfigError
 from possm_plugin.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
 from possm_plugin.plugins.markers import hookimpl
@@ -88,6 +92,9 @@ __all__ = [
     "possm_register_sinks",
     "PASSWORD_ENV",
     "WATERMARK_SLACK",
+    "batch_of",
+    "entry_fields",
+    "prediction_entry",
 ]
 
 log = logging.getLogger("possm_plugin.adapters.redis")
@@ -239,26 +246,83 @@ class EntryParser:
                 )
             return self._reject(entry_id, index, t_start, flds, "wrong_length", f"{len(raw)} bytes, expected {n} x {self.dtype.name} = {n * size}")
         vals = np.frombuffer(raw, self.dtype)
-        if self.dtype.kind == "f":
-            if not np.all(np.isfinite(vals)) or np.any(vals != np.round(vals)):
-                return self._reject(entry_id, index, t_start, flds, "bad_values", "counts must be finite whole numbers")
-        if np.any(vals < 0) or np.any(vals > self.max_count):
-            return self._reject(entry_id, index, t_start, flds, "bad_values", f"counts must be in 0..{self.max_count}")
-        self.n_valid += 1
-        nz = np.flatnonzero(vals)
         wm = t_start + self.bin_s + WATERMARK_SLACK
-        if not len(nz):
+        if not vals.any():
+            self.n_valid += 1
             return ParsedEntry(entry_id, index, t_start, wm, np.zeros(0, np.int64), np.zeros(0, np.float64), flds)
-        c = vals[nz].astype(np.int64)
-        ch = np.repeat(nz.astype(np.int64), c)
-        k = np.arange(len(ch)) - np.repeat(np.cumsum(c) - c, c)
-        times = t_start + (k + 0.5) / np.repeat(c, c) * self.bin_s
+        ch, times, n_bad = binned_to_events(vals.reshape(1, -1), np.array([t_start]), self.bin_s, max_count=self.max_count)
         self.n_events += len(ch)
+        if n_bad:  # the bad counts are dropped, the others kept; the entry is counted as malformed
+            self.malformed["bad_values"] += 1
+            self._warn.warning("bad_values", "entry %s: %d bad counts dropped (counts must be whole numbers in 0..%d); %d such entries so far",
+                               entry_id, n_bad, self.max_count, self.malformed["bad_values"])
+            return ParsedEntry(entry_id, index, t_start, wm, ch, times, flds, "bad_values")
+        self.n_valid += 1
         return ParsedEntry(entry_id, index, t_start, wm, ch, times, flds)
 
     def stats(self) -> dict:
         return {"entries": self.n_entries, "valid": self.n_valid, "events": self.n_events,
                 "malformed": dict(self.malformed), "malformed_total": self.n_malformed}
+
+
+# -- entries -> one batch, predictions -> entries --------------------------------------------------------
+def entry_fields(pe: ParsedEntry, *, passthrough: tuple[bytes, ...] = (b"sync",), time_field: bytes = b"ts") -> dict:
+    """What a prediction completed by input entry ``pe`` carries to its output entry: ``i_in`` (the
+    entry's ``i`` field, else the reader's uint64 entry counter), ``id_in`` (its Redis id), ``ts_in``
+    (its ``time_field``, when it has one) and each ``passthrough`` field it has (BRAND's ``sync``)."""
+    f = pe.fields
+    i_in = _field(f, b"i")
+    out = {"i_in": np.uint64(pe.index).tobytes() if i_in is None else i_in, "id_in": pe.id}
+    for key in passthrough:
+        v = _field(f, key)
+        if v is not None:
+            out[key.decode()] = v
+    ts = _field(f, time_field)
+    if ts is not None:
+        out["ts_in"] = ts
+    return out
+
+
+def batch_of(parsed: list[ParsedEntry], *, passthrough: tuple[bytes, ...] = (b"sync",), time_field: bytes = b"ts") -> SpikeBatch:
+    """Parsed entries as one :class:`SpikeBatch` for :meth:`StreamingDecoder.decode`: their events, the
+    last watermark, the first bin's start (anchors the chunk grid on bin edges) and, per entry, its
+    watermark and :func:`entry_fields` (so each prediction carries the entry that completed it)."""
+    if not parsed:
+        return SpikeBatch.empty(None)
+    if len(parsed) == 1:
+        pe = parsed[0]
+        ch, tt = pe.channels, pe.times
+    else:
+        ch = np.concatenate([p.channels for p in parsed])
+        tt = np.concatenate([p.times for p in parsed])
+    wm = next((p.watermark for p in reversed(parsed) if p.watermark is not None), None)
+    start = next((p.t_start for p in parsed if p.t_start is not None), None)
+    marks = [(p.watermark, entry_fields(p, passthrough=passthrough, time_field=time_field)) for p in parsed if p.watermark is not None]
+    return SpikeBatch(ch, tt, wm, start=None if start is None else float(start), marks=marks)
+
+
+def prediction_entry(pred: Prediction, *, field: str, dtype: np.dtype, i: int, time_key: str = "ts") -> dict[str, Any]:
+    """One output entry in BRAND's layout: ``field`` (the values as ``dtype``), ``i`` (uint64 output
+    counter), ``t_end`` (float64 chunk end on the source clock), every field of :attr:`Prediction.extra`
+    (``sync``, ``i_in``, ``id_in``, ``ts_in``) and ``time_key`` (uint64 ``time.monotonic_ns()`` now)."""
+    entry: dict[str, Any] = {}
+    for k, v in pred.extra.items():
+        pv = _pass_value(v)
+        if pv is not None:
+            entry[str(k)] = pv
+    entry[field] = np.asarray(pred.values, dtype=dtype).tobytes()
+    entry["i"] = np.uint64(i).tobytes()
+    entry["t_end"] = np.float64(pred.t_end).tobytes()
+    entry[time_key] = np.uint64(time.monotonic_ns()).tobytes()
+    return entry
+
+
+def _pass_value(v: Any) -> bytes | str | int | float | None:
+    if isinstance(v, (bytes, str, int, float)):
+        return v
+    if isinstance(v, np.generic):
+        return v.tobytes()
+    return None
 
 
 # -- the plugin source and sink ----------------------------------------------------------------------
@@ -281,6 +345,9 @@ class RedisSource(SpikeSource):
         n_channels: values per entry; unit_ids: the unit id of each channel (list or comma-separated;
             default ``ch000``, ``ch001``, ...). One of the two is required.
         start: ``$`` (new entries, default), ``0`` (the whole stream) or an entry id.
+        passthrough: fields of an input entry that the prediction it completes carries to the sink
+            (list or comma-separated; default ``sync``, BRAND's); ``i_in``, ``id_in`` and ``ts_in``
+            always are (see :func:`entry_fields`).
         plus the connection options of :class:`RedisOptions` (host, port, socket, username, password,
         ssl, ...).
 
@@ -293,7 +360,8 @@ class RedisSource(SpikeSource):
     def __init__(self, stream: str = "crossings", **options: Any) -> None:
         super().__init__()
         conn_opts, o = _split_options(options)
-        known = {"kind", "field", "dtype", "bin_size_ms", "clock", "timestamps_rate", "n_channels", "unit_ids", "start", "count", "time_field"}
+        known = {"kind", "field", "dtype", "bin_size_ms", "clock", "timestamps_rate", "n_channels", "unit_ids", "start", "count", "time_field",
+                 "passthrough"}
         unknown = sorted(set(o) - known)
         if unknown:
             raise ConfigError(f"redis source: unknown option(s) {unknown}; known: {sorted(known | _REDIS_KEYS | {'stream'})}")
@@ -313,6 +381,7 @@ class RedisSource(SpikeSource):
             bin_size_ms=o.get("bin_size_ms"), clock=o.get("clock") or "tick", time_field=o.get("time_field") or "ts",
             timestamps_rate=o.get("timestamps_rate") or 30000.0,
         )
+        self.passthrough = tuple(k.encode() for k in _as_list("passthrough", o["passthrough"])) if o.get("passthrough") is not None else (b"sync",)
         self._start = str(o.get("start") or "$")
         self._count = _as_int("count", o.get("count") or 1000, minimum=1)
         self.conn: RedisConnection | None = None
@@ -330,16 +399,7 @@ class RedisSource(SpikeSource):
         entries = self.reader.read(int(round(timeout * 1000)) if timeout > 0 else None)
         parsed = [self.parser.parse(eid, flds) for eid, flds in entries]
         self.last_entries = parsed
-        wms = [p.watermark for p in parsed if p.watermark is not None]
-        if not parsed:
-            return SpikeBatch.empty(None)
-        ch = np.concatenate([p.channels for p in parsed])
-        tt = np.concatenate([p.times for p in parsed])
-        batch = SpikeBatch(ch, tt, wms[-1] if wms else None)
-        starts = [p.t_start for p in parsed if p.t_start is not None]
-        if starts:
-            batch.start = float(starts[0])  # the first bin's start: the runner anchors the chunk grid on it
-        return batch
+        return batch_of(parsed, passthrough=self.passthrough, time_field=self.parser.time_field)
 
     def _disconnect(self) -> None:
         if self.conn is not None:
@@ -351,21 +411,14 @@ class RedisSource(SpikeSource):
         return s
 
 
-def _pass_value(v: Any) -> bytes | str | int | float | None:
-    if isinstance(v, (bytes, str, int, float)):
-        return v
-    if isinstance(v, np.generic):
-        return v.tobytes()
-    return None
-
-
 class RedisSink(PredictionSink):
     """Predictions as entries of a Redis stream, in BRAND's layout.
 
-    Each entry: ``field`` (default ``samples``): the predictions as ``dtype`` (float32), in the order of
-    the decoder's output names; ``ts``: uint64 ``time.monotonic_ns()`` when written; ``i``: uint64
-    counter; ``t_end``: float64 end of the decoded chunk on the source clock; plus every field of
-    :attr:`Prediction.extra` (e.g. BRAND's ``sync``) passed through.
+    Each entry (:func:`prediction_entry`): ``field`` (default ``samples``): the predictions as ``dtype``
+    (float32), in the order of the decoder's output names; ``ts``: uint64 ``time.monotonic_ns()`` when
+    written; ``i``: uint64 counter; ``t_end``: float64 end of the decoded chunk on the source clock;
+    plus every field of :attr:`Prediction.extra` passed through (from a :class:`RedisSource`: the
+    input entry's ``sync``, ``i_in``, ``id_in``, ``ts_in``), as ``possm-brand`` writes them.
 
     Options: stream (default ``possm``), field, dtype (``float32``/``float64``), maxlen (approximate
     trimming), and the connection options of :class:`RedisOptions`.
@@ -397,16 +450,7 @@ class RedisSink(PredictionSink):
     def _publish(self, predictions: list[Prediction]) -> None:
         assert self.writer is not None
         for p in predictions:
-            entry: dict[str, Any] = {}
-            for k, v in p.extra.items():
-                pv = _pass_value(v)
-                if pv is not None:
-                    entry[str(k)] = pv
-            entry[self.field] = np.asarray(p.values, dtype=self.dtype).tobytes()
-            entry["ts"] = np.uint64(time.monotonic_ns()).tobytes()
-            entry["i"] = np.uint64(self.i).tobytes()
-            entry["t_end"] = np.float64(p.t_end).tobytes()
-            self.writer.add(entry)
+            self.writer.add(prediction_entry(p, field=self.field, dtype=self.dtype, i=self.i))
             self.i += 1
         self.writer.flush()
 
