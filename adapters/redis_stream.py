@@ -382,7 +382,7 @@ class RedisSource(SpikeSource):
             timestamps_rate=o.get("timestamps_rate") or 30000.0,
         )
         self.passthrough = tuple(k.encode() for k in _as_list("passthrough", o["passthrough"])) if o.get("passthrough") is not None else (b"sync",)
-        self._start = str(o.get("start") or "$")
+        self._start = "$" if o.get("start") is None else str(o["start"])  # "0" (read as the number 0) is a start too
         self._count = _as_int("count", o.get("count") or 1000, minimum=1)
         self.conn: RedisConnection | None = None
         self.reader: StreamReader | None = None
