@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import unit_map
 from .checkpoint import load_checkpoint
 from .chunk_grid import MAX_ABS_TIME, ChunkGrid, DecoderStats, _Stream
 from .errors import ConfigError
@@ -101,17 +102,11 @@ class StreamingDecoder(ChunkGrid):
         self.max_gap, self.max_future = float(max_gap), float(max_future)
         self.max_tokens = int(max_tokens or cfg.max_tokens_per_chunk)
         self._max_lat = int(max_latency_samples)
-        sessions = model.session_vocab.ids
-        if session is None:
-            session = default_session or (sessions[0] if sessions else None)
-        if session is None:
-            raise ConfigError("the model knows no session; calibrate one first (possm finetune --mode ui)")
+        session = session or unit_map.default_session(model, default_session)
         self.session = session
         session_row = int(model.session_vocab.index(session))
         if unit_ids is None:
-            unit_ids = model.session_units.get(session)
-            if unit_ids is None:
-                raise ConfigError(f"session {session!r} has no unit list in the checkpoint; pass unit_ids")
+            unit_ids = unit_map.session_units(model, session, hint="pass unit_ids")
         self.unit_ids = list(unit_ids)
         self._channel_rows = torch.as_tensor(model.unit_vocab.lookup(self.unit_ids))  # raises UnknownUnitError
         self._channel_rows_np = self._channel_rows.numpy()
@@ -174,7 +169,7 @@ class StreamingDecoder(ChunkGrid):
     @staticmethod
     def check_units(model: POSSM, unit_ids: Sequence[str]) -> list[str]:
         """The ids among ``unit_ids`` that ``model`` does not know (empty if all are known)."""
-        return [u for u in unit_ids if u not in model.unit_vocab]
+        return unit_map.unknown_units(model, unit_ids)
 
     @property
     def n_channels(self) -> int:
