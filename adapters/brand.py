@@ -90,7 +90,7 @@ from possm_plugin.adapters.redis_io import (
     StreamReader,
     StreamWriter,
 )
-from possm_plugin.adapters.redis_stream import (
+from possm_plugin.adapters.redis_entries import (
     EntryParser,
     ParsedEntry,
     batch_of,

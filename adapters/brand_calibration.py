@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from possm_plugin.adapters.redis_io import StreamReader
-from possm_plugin.adapters.redis_stream import ParsedEntry
+from possm_plugin.adapters.redis_entries import ParsedEntry
 
 __all__ = ["CalibrationMixin"]
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from possm_plugin.adapters.redis_stream import CLOCKS, INPUT_DTYPES, KINDS
+from possm_plugin.adapters.redis_entries import CLOCKS, INPUT_DTYPES, KINDS
 from possm_plugin.errors import ConfigError
 
 __all__ = ["MIN_CALIBRATION_S", "SUPERGRAPH_STREAM", "NodeParameters", "read_node_parameters"]
