@@ -43,6 +43,11 @@ NUMPY_MAX_STREAMS = 16
 class StreamingDecoder(ChunkGrid):
     """Decode spike streams chunk by chunk.
 
+    Drivers call :meth:`decode` with a :class:`~possm_plugin.io.SpikeBatch` (spike events, or binned
+    counts through :meth:`SpikeBatch.from_bins`) and get the predictions of every chunk its watermark
+    completes; :meth:`warmup` once before a live loop. Unit ids and the session are resolved by
+    :mod:`possm_plugin.unit_map`.
+
     Args:
         model: a POSSM (moved to ``device`` and put in eval mode).
         session: a session id the model knows (its embedding is used as the output query); default:

@@ -242,7 +242,7 @@ def test_redis_entries_never_raise_and_feed_the_decoder_safely(entries, kind, dt
     for k, flds in enumerate(entries):
         pe = parser.parse(f"{k + 1}-0", flds)
         assert pe.index == k
-        if pe.error is None:
+        if pe.error in (None, "bad_values"):  # bad counts are dropped one by one, the entry's others kept
             assert len(pe.channels) == len(pe.times) and np.all((pe.channels >= 0) & (pe.channels < 4))
             if len(pe.times):
                 assert np.all(pe.times >= pe.t_start) and np.all(pe.times < pe.watermark)
