@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,18 +221,21 @@ def entry_fields(pe: ParsedEntry, *, passthrough: tuple[bytes, ...] = (b"sync",)
 def batch_of(parsed: list[ParsedEntry], *, passthrough: tuple[bytes, ...] = (b"sync",), time_field: bytes = b"ts") -> SpikeBatch:
     """Parsed entries as one :class:`SpikeBatch` for :meth:`StreamingDecoder.decode`: their events, the
     last watermark, the first bin's start (anchors the chunk grid on bin edges) and, per entry, its
-    watermark and :func:`entry_fields` (so each prediction carries the entry that completed it)."""
+    watermark and :func:`entry_fields` (made only for the entries that complete a chunk), so that each
+    prediction carries the entry that completed it."""
+    if len(parsed) == 1:  # possm-brand: one entry per call
+        pe = parsed[0]
+        if pe.watermark is None:
+            return SpikeBatch(pe.channels, pe.times, None)
+        marks = [(pe.watermark, partial(entry_fields, pe, passthrough=passthrough, time_field=time_field))]
+        return SpikeBatch(pe.channels, pe.times, pe.watermark, start=pe.t_start, marks=marks)
     if not parsed:
         return SpikeBatch.empty(None)
-    if len(parsed) == 1:
-        pe = parsed[0]
-        ch, tt = pe.channels, pe.times
-    else:
-        ch = np.concatenate([p.channels for p in parsed])
-        tt = np.concatenate([p.times for p in parsed])
+    ch = np.concatenate([p.channels for p in parsed])
+    tt = np.concatenate([p.times for p in parsed])
     wm = next((p.watermark for p in reversed(parsed) if p.watermark is not None), None)
     start = next((p.t_start for p in parsed if p.t_start is not None), None)
-    marks = [(p.watermark, entry_fields(p, passthrough=passthrough, time_field=time_field)) for p in parsed if p.watermark is not None]
+    marks = [(p.watermark, partial(entry_fields, p, passthrough=passthrough, time_field=time_field)) for p in parsed if p.watermark is not None]
     return SpikeBatch(ch, tt, wm, start=None if start is None else float(start), marks=marks)
 
 

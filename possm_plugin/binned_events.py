@@ -40,10 +40,14 @@ _last_log = [-math.inf]
 
 
 def bad_counts(counts: np.ndarray, *, max_count: float = MAX_COUNT) -> np.ndarray:
-    """Which counts are unusable (see the module docstring). ``counts``: any shape, float64."""
-    c = np.asarray(counts, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return ~np.isfinite(c) | (c < 0) | (c > max_count) | (np.abs(c - np.rint(c)) > WHOLE_TOL)
+    """Which counts are unusable (see the module docstring); same shape as ``counts``."""
+    c = np.asarray(counts)
+    if c.dtype.kind in "iub":  # whole by construction: only the range can be wrong
+        return (c < 0) | (c > max_count) if c.dtype.kind == "i" else c > max_count
+    c = c.astype(np.float64, copy=False)
+    fin = np.isfinite(c)
+    cf = np.where(fin, c, 0.0)
+    return ~fin | (cf < 0) | (cf > max_count) | (np.abs(cf - np.rint(cf)) > WHOLE_TOL)
 
 
 def binned_to_events(
@@ -74,28 +78,32 @@ def binned_to_events(
         DataError: ``counts`` is not 2-D or its bins and ``bin_starts`` differ in number (a caller's
             bug, not bad data).
     """
-    c = np.asarray(counts, dtype=np.float64)
+    c = np.asarray(counts)
+    if c.dtype.kind not in "iub":
+        c = c.astype(np.float64, copy=False)
     starts = np.asarray(bin_starts, dtype=np.float64).reshape(-1)
     if c.ndim != 2:
         raise DataError(f"binned counts must be (T, C), got shape {c.shape}")
     if len(starts) != c.shape[0]:
         raise DataError(f"got {c.shape[0]} bins of counts but {len(starts)} bin times; pass one time per bin")
     bad = bad_counts(c, max_count=max_count)
-    n_bad = int(bad.sum())
+    n_bad = int(bad.sum()) if bad.any() else 0
     if n_bad:
         now = time.monotonic()
         if now - _last_log[0] > 5.0:
             _last_log[0] = now
             log.warning("dropped %d bad binned counts (NaN, inf, negative, not whole or > %g); counted as 0", n_bad, max_count)
-        c = np.where(bad, 0.0, c)
-    flat = np.rint(c).astype(np.int64).reshape(-1)
-    n = int(flat.sum())
-    if n == 0:
+        c = np.where(bad, 0, c)
+    flat = (np.rint(c) if c.dtype.kind == "f" else c).reshape(-1)
+    nz = np.flatnonzero(flat)
+    if not len(nz):
         return np.zeros(0, np.int64), np.zeros(0, np.float64), n_bad
-    lo = starts if span_starts is None else np.asarray(span_starts, dtype=np.float64).reshape(-1)
-    cell = np.repeat(np.arange(flat.size), flat)  # the (bin, channel) cell of each event
-    j = np.arange(n) - (np.cumsum(flat) - flat)[cell]  # rank of the event within its cell
+    k = flat[nz].astype(np.int64)
+    n = int(k.sum())
+    cell = np.repeat(nz, k)  # the (bin, channel) cell of each event
+    j = np.arange(n) - np.repeat(np.cumsum(k) - k, k)  # rank of the event within its cell
+    kk = np.repeat(k, k)
     t_idx, ch = np.divmod(cell, c.shape[1])
-    span = starts[t_idx] + bin_width - lo[t_idx]
-    times = lo[t_idx] + (j + 0.5) * (span / flat[cell])
+    lo = starts if span_starts is None else np.asarray(span_starts, dtype=np.float64).reshape(-1)
+    times = lo[t_idx] + (j + 0.5) * ((starts[t_idx] + bin_width - lo[t_idx]) / kk)
     return ch.astype(np.int64, copy=False), times, n_bad

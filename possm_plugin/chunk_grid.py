@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,15 +48,16 @@ MAX_ABS_TIME = 1e10
 _EPS = 1e-6
 
 
-def attach_marks(preds: list[Prediction], marks: list[tuple[float, dict]]) -> None:
+def attach_marks(preds: list[Prediction], marks: list[tuple[float, dict | Callable[[], dict]]]) -> None:
     """Give each prediction the pass-through fields of the first input entry whose watermark reached
-    its chunk's end (the entry that completed it). ``marks``: ``(watermark, fields)`` in input order."""
+    its chunk's end (the entry that completed it). ``marks``: ``(watermark, fields)`` in input order;
+    ``fields`` may be a function that makes them (called only for an entry that completes a chunk)."""
     if not marks:
         return
     for p in preds:
         for wm, fields in marks:
             if wm is not None and wm >= p.t_end - _EPS:
-                p.extra.update(fields)
+                p.extra.update(fields() if callable(fields) else fields)
                 break
 
 @dataclass

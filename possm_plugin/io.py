@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ class SpikeBatch:
         start: earliest time the batch covers (a binned source's first bin start), anchoring the grid.
         marks: pass-through of the input entries the batch holds, in order: ``(watermark, fields)``
             with the watermark after the entry and the fields a prediction completed by it carries
-            in :attr:`Prediction.extra` (e.g. BRAND's ``sync``); empty: nothing to pass through.
+            in :attr:`Prediction.extra` (e.g. BRAND's ``sync``), a dict or a function that makes it
+            (called only for the entries that complete a chunk); empty: nothing to pass through.
         bins_invalid: bad (bin, channel) counts dropped when the batch was made from bins.
     """
 
@@ -44,7 +46,7 @@ class SpikeBatch:
     watermark: float | None
     labels: tuple[np.ndarray, np.ndarray] | None = None
     start: float | None = None  # earliest time covered (a binned source's first bin start): anchors the chunk grid
-    marks: list[tuple[float, dict]] = field(default_factory=list)
+    marks: list[tuple[float, Any]] = field(default_factory=list)
     bins_invalid: int = 0
 
     @classmethod
