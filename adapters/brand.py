@@ -14,17 +14,19 @@ The node
    any data; a problem is posted as ``{code: 1, status: error, message: ...}`` and logged, and the node
    exits with status 1;
 3. reads ``input_stream`` from the entry after the newest one at start-up (as BRAND nodes read ``$``),
-   turns every entry into spike events (:mod:`possm_plugin.adapters.redis_stream`: a count in a bin is
-   spread evenly over it, each event at the centre of its share), pushes them into a
-   :class:`~possm_plugin.streaming.StreamingDecoder` and advances the watermark entry by entry, so the
-   entry that completes a chunk (the 50th of a 50 ms chunk of 1 ms crossings) produces its prediction
-   at once;
+   turns every entry into spike events (:mod:`possm_plugin.adapters.redis_entries`, with the one
+   bins -> events conversion of :mod:`possm_plugin.binned_events`: a count in a bin is spread evenly
+   over it, each event at the centre of its share) and decodes it with the one decode call,
+   :meth:`StreamingDecoder.decode <possm_plugin.streaming.StreamingDecoder.decode>`, entry by entry,
+   so the entry that completes a chunk (the 50th of a 50 ms chunk of 1 ms crossings) produces its
+   prediction at once -- the same parser, batch and call as ``possm-lsl --source redis``;
 4. writes one entry per chunk to ``output_stream``: ``samples`` (float32 predictions, in the order of
    the checkpoint's output names), ``ts`` (uint64 ``time.monotonic_ns()`` at writing), ``i`` (uint64
    output counter), ``i_in`` (the ``i`` field of the input entry that completed the chunk, passed
    through; the node's uint64 input counter when the input has none), ``id_in`` (its Redis id),
    ``ts_in`` (its ``ts``, when it has one), ``t_end`` (float64 chunk end on the node's clock) and the
-   input's ``sync`` field, passed through;
+   input's ``sync`` field, passed through (:func:`~possm_plugin.adapters.redis_entries.prediction_entry`,
+   as the generic ``redis`` sink writes them);
 5. stops cleanly on SIGINT or SIGTERM, posting ``{code: 0, status: done, stats: JSON}``.
 
 Crash recovery: a node that was killed (SIGKILL, OOM, power) left ``running`` as the last entry of
