@@ -14,17 +14,19 @@ The node
    any data; a problem is posted as ``{code: 1, status: error, message: ...}`` and logged, and the node
    exits with status 1;
 3. reads ``input_stream`` from the entry after the newest one at start-up (as BRAND nodes read ``$``),
-   turns every entry into spike events (:mod:`possm_plugin.adapters.redis_stream`: a count in a bin is
-   spread evenly over it, each event at the centre of its share), pushes them into a
-   :class:`~possm_plugin.streaming.StreamingDecoder` and advances the watermark entry by entry, so the
-   entry that completes a chunk (the 50th of a 50 ms chunk of 1 ms crossings) produces its prediction
-   at once;
+   turns every entry into spike events (:mod:`possm_plugin.adapters.redis_entries`, with the one
+   bins -> events conversion of :mod:`possm_plugin.binned_events`: a count in a bin is spread evenly
+   over it, each event at the centre of its share) and decodes it with the one decode call,
+   :meth:`StreamingDecoder.decode <possm_plugin.streaming.StreamingDecoder.decode>`, entry by entry,
+   so the entry that completes a chunk (the 50th of a 50 ms chunk of 1 ms crossings) produces its
+   prediction at once -- the same parser, batch and call as ``possm-lsl --source redis``;
 4. writes one entry per chunk to ``output_stream``: ``samples`` (float32 predictions, in the order of
    the checkpoint's output names), ``ts`` (uint64 ``time.monotonic_ns()`` at writing), ``i`` (uint64
    output counter), ``i_in`` (the ``i`` field of the input entry that completed the chunk, passed
    through; the node's uint64 input counter when the input has none), ``id_in`` (its Redis id),
    ``ts_in`` (its ``ts``, when it has one), ``t_end`` (float64 chunk end on the node's clock) and the
-   input's ``sync`` field, passed through;
+   input's ``sync`` field, passed through (:func:`~possm_plugin.adapters.redis_entries.prediction_entry`,
+   as the generic ``redis`` sink writes them);
 5. stops cleanly on SIGINT or SIGTERM, posting ``{code: 0, status: done, stats: JSON}``.
 
 Crash recovery: a node that was killed (SIGKILL, OOM, power) left ``running`` as the last entry of
@@ -60,8 +62,10 @@ entry on.
 
 from __future__ import annotations
 
+# the node's parts: parameters (brand_params), crash recovery (brand_resume), online calibration
+# (brand_calibration); the entry format and the output layout are redis_stream's, shared with possm-lsl
+
 import argparse
-import dataclasses
 import gc
 import json
 import logging
@@ -69,179 +73,46 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import redis
 
-from possm_plugin.adapters.redis_io import RedisConnection, RedisOptions, RedisUnavailable, StreamReader, StreamWriter
-from possm_plugin.adapters.redis_stream import CLOCKS, INPUT_DTYPES, KINDS, EntryParser, ParsedEntry
+from possm_plugin.adapters.brand_calibration import CalibrationMixin, _Calibration
+from possm_plugin.adapters.brand_params import (
+    MIN_CALIBRATION_S,
+    SUPERGRAPH_STREAM,
+    NodeParameters,
+    read_node_parameters,
+)
+from possm_plugin.adapters.brand_resume import ResumeMixin
+from possm_plugin.adapters.redis_io import (
+    RedisConnection,
+    RedisOptions,
+    RedisUnavailable,
+    StreamReader,
+    StreamWriter,
+)
+from possm_plugin.adapters.redis_entries import (
+    EntryParser,
+    ParsedEntry,
+    batch_of,
+    prediction_entry,
+)
 from possm_plugin.cli.formatter import HelpFormatter
 from possm_plugin.errors import ConfigError, PossmError, StreamError
+from possm_plugin.unit_map import (
+    default_session,
+    new_unit_ids,
+    session_units,
+    unknown_units,
+)
 
-__all__ = ["NodeParameters", "BrandNode", "read_node_parameters", "build_parser", "main"]
+__all__ = ["MIN_CALIBRATION_S", "SUPERGRAPH_STREAM", "BrandNode", "NodeParameters", "build_parser", "main", "read_node_parameters"]
 
 log = logging.getLogger("possm_plugin.adapters.brand")
 
-SUPERGRAPH_STREAM = "supergraph_stream"
-#: shortest online calibration: possm_plugin.calibration cuts 2 s pseudo-trials and needs 5 of them
-MIN_CALIBRATION_S = 11.0
 
-
-# -- parameters -----------------------------------------------------------------------------------
-@dataclass
-class NodeParameters:
-    """The node's parameters, as named in the graph YAML (see docs/brand.md for each)."""
-
-    input_stream: str = "thresh_cross"
-    input_field: str | None = None
-    input_dtype: str | None = None
-    input_kind: str = "crossings"
-    bin_size_ms: float | None = None
-    n_channels: int | None = None
-    checkpoint: str | None = None
-    session: str | None = None
-    unit_ids: list[str] | None = None
-    output_stream: str | None = None
-    output_field: str = "samples"
-    output_dtype: str = "float32"
-    output_maxlen: int | None = None
-    device: str = "cpu"
-    threads: int = 1
-    prewarm_ms: float = 1.5
-    calibrate_seconds: float | None = None
-    label_stream: str | None = None
-    label_field: str = "samples"
-    label_dtype: str = "float32"
-    calibrate_epochs: int = 30
-    calibrated_checkpoint: str | None = None
-    clock: str = "tick"
-    timestamps_rate: float = 30000.0
-    sync_key: str = "sync"
-    time_key: str = "ts"
-    start: str = "$"
-    resume: bool = True
-    resume_max_seconds: float = 30.0
-    log: str = "INFO"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "NodeParameters":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {unknown} in the graph; possm-brand knows {sorted(known)}")
-        kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in d or d[f.name] is None:
-                continue
-            v = d[f.name]
-            try:
-                if f.name in ("n_channels", "output_maxlen", "calibrate_epochs", "threads"):
-                    if isinstance(v, bool) or int(v) != float(v) or int(v) <= 0:
-                        raise ValueError
-                    v = int(v)
-                elif f.name == "prewarm_ms":
-                    v = float(v)
-                    if not 0 <= v < 50:
-                        raise ValueError
-                elif f.name in ("bin_size_ms", "calibrate_seconds", "timestamps_rate", "resume_max_seconds"):
-                    v = float(v)
-                    if not v > 0:
-                        raise ValueError
-                elif f.name == "resume":
-                    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-                        v = v.strip().lower() in ("true", "yes", "on", "1")
-                    elif isinstance(v, bool) or v in (0, 1):
-                        v = bool(v)
-                    else:
-                        raise ValueError
-                elif f.name == "unit_ids":
-                    v = [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else [str(u) for u in v]
-                else:
-                    v = str(v)
-            except (TypeError, ValueError, OverflowError):
-                raise ConfigError(f"parameter {f.name}={d[f.name]!r} has the wrong type or value (expected {f.type})") from None
-            kw[f.name] = v
-        p = cls(**kw)
-        if p.input_kind not in KINDS:
-            raise ConfigError(f"parameter input_kind={p.input_kind!r} must be one of {KINDS}")
-        if p.input_dtype is not None and p.input_dtype not in INPUT_DTYPES:
-            raise ConfigError(f"parameter input_dtype={p.input_dtype!r} must be one of {INPUT_DTYPES}")
-        if p.input_kind == "binned" and p.bin_size_ms is None:
-            raise ConfigError("parameter input_kind='binned' needs bin_size_ms (the width of one input entry's bin, ms)")
-        if p.clock not in CLOCKS:
-            raise ConfigError(f"parameter clock={p.clock!r} must be one of {CLOCKS}")
-        if p.output_dtype not in ("float32", "float64"):
-            raise ConfigError(f"parameter output_dtype={p.output_dtype!r} must be float32 (BRAND's) or float64")
-        if p.calibrate_seconds is not None and not p.label_stream:
-            raise ConfigError("parameter calibrate_seconds needs label_stream (the Redis stream with the behaviour to calibrate on)")
-        if p.calibrate_seconds is not None and p.calibrate_seconds < MIN_CALIBRATION_S:
-            raise ConfigError(
-                f"parameter calibrate_seconds={p.calibrate_seconds:g} is too short: unit identification needs at least "
-                f"{MIN_CALIBRATION_S:g} s of spikes and behaviour (60-120 s calibrates well)"
-            )
-        if p.label_dtype not in ("int8", "int16", "int32", "float32", "float64"):
-            raise ConfigError(f"parameter label_dtype={p.label_dtype!r} must be int8, int16, int32, float32 or float64")
-        return p
-
-
-def read_node_parameters(client, nickname: str) -> dict[str, Any]:
-    """``nodes[nickname].parameters`` of the latest ``supergraph_stream`` entry (ConfigError if absent)."""
-    entries = client.xrevrange(SUPERGRAPH_STREAM, "+", "-", count=1)
-    if not entries:
-        raise ConfigError(
-            f"no supergraph in {SUPERGRAPH_STREAM!r}: start the graph through BRAND's supervisor "
-            f"(XADD supervisor_ipstream * commands startGraph file GRAPH.yaml), or XADD the supergraph JSON yourself"
-        )
-    eid, flds = entries[0]
-    raw = flds.get(b"data")
-    if raw is None:
-        raise ConfigError(f"the latest {SUPERGRAPH_STREAM!r} entry ({eid!r}) has no 'data' field")
-    try:
-        graph = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the latest {SUPERGRAPH_STREAM!r} entry's 'data' is not JSON ({exc})") from None
-    nodes = graph.get("nodes") if isinstance(graph, dict) else None
-    if not isinstance(nodes, dict):
-        raise ConfigError(f"the supergraph has no 'nodes' mapping (keys: {sorted(graph) if isinstance(graph, dict) else type(graph).__name__})")
-    node = nodes.get(nickname)
-    if node is None:  # BRAND's own nodes match on the 'nickname' field
-        node = next((n for n in nodes.values() if isinstance(n, dict) and n.get("nickname") == nickname), None)
-    if node is None:
-        raise ConfigError(f"node {nickname!r} is not in the supergraph (its nodes: {sorted(nodes)})")
-    if not isinstance(node, dict):
-        raise ConfigError(f"nodes[{nickname!r}] in the supergraph is a {type(node).__name__}, not a mapping")
-    params = node.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"nodes[{nickname!r}].parameters is not a mapping")
-    return params
-
-
-# -- the node ---------------------------------------------------------------------------------------
-@dataclass
-class _Calibration:
-    """Spikes and labels collected for online calibration, then the background job."""
-
-    seconds: float
-    label_reader: StreamReader
-    label_field: bytes
-    label_dtype: np.dtype
-    channels: list = field(default_factory=list)
-    times: list = field(default_factory=list)
-    label_times: list = field(default_factory=list)
-    label_values: list = field(default_factory=list)
-    offsets: list = field(default_factory=list)  # node clock - entry ts, to put labels on the node clock
-    t_first: float | None = None
-    t_last: float | None = None
-    thread: threading.Thread | None = None
-    result: Any = None
-    error: BaseException | None = None
-    label_errors: int = 0
-
-
-class BrandNode:
+class BrandNode(ResumeMixin, CalibrationMixin):
     """One POSSM decoder node on a Redis server.
 
     Args:
@@ -269,7 +140,6 @@ class BrandNode:
         self.previous_state: dict | None = None
         self.resume_info: dict | None = None
         self.latency_ms: list[float] = []
-        self._started = False
         self._reconnected = False
         self.conn.on_reconnect.append(self._on_reconnect)
 
@@ -319,19 +189,16 @@ class BrandNode:
             need_calibration, why = True, f"session {p.session!r} is not in the checkpoint (known: {', '.join(sessions) or 'none'})"
             session = p.session
         else:
-            session = p.session or doc.get("default_session") or (sessions[0] if sessions else None)
-            if session is None:
-                raise ConfigError("the checkpoint knows no session; set calibrate_seconds and label_stream to calibrate one online")
-            units = list(p.unit_ids) if p.unit_ids is not None else list(model.session_units.get(session, []))
-            if not units:
-                raise ConfigError(f"session {session!r} has no unit list in the checkpoint; set unit_ids")
+            session = default_session(model, p.session or doc.get("default_session"),
+                                      hint="set calibrate_seconds and label_stream to calibrate one online")
+            units = list(p.unit_ids) if p.unit_ids is not None else session_units(model, session, hint="set unit_ids")
             if p.n_channels is not None and p.n_channels != len(units):
                 what = "unit_ids names" if p.unit_ids is not None else f"session {session!r} of the checkpoint has"
                 raise ConfigError(
                     f"n_channels={p.n_channels} but {what} {len(units)} units; the input's channels map in order to "
                     f"the units, so the two must agree (fix n_channels, set unit_ids, or pick another session)"
                 )
-            unknown = StreamingDecoder.check_units(model, units)
+            unknown = unknown_units(model, units)
             if unknown:
                 need_calibration = True
                 why = f"{len(unknown)} unit id(s) are unknown to the checkpoint ({', '.join(map(repr, unknown[:5]))})"
@@ -353,7 +220,7 @@ class BrandNode:
             from possm_plugin.calibration import build_session, calibrate  # noqa: F401  (fail now if unavailable)
 
             self.session = session
-            self.unit_ids = list(p.unit_ids) if p.unit_ids is not None else [f"{session}/ch{i:03d}" for i in range(n)]
+            self.unit_ids = list(p.unit_ids) if p.unit_ids is not None else new_unit_ids(session, [f"ch{i:03d}" for i in range(n)])
             self.calibration = _Calibration(
                 seconds=float(p.calibrate_seconds), label_reader=StreamReader(self.conn, p.label_stream, start="$"),
                 label_field=p.label_field.encode(), label_dtype=np.dtype(p.label_dtype),
@@ -368,7 +235,7 @@ class BrandNode:
         self._out_field = p.output_field
         self._out_dtype = np.dtype(p.output_dtype)
         self._time_key = p.time_key
-        self._sync_key = p.sync_key.encode()
+        self._passthrough = (p.sync_key.encode(),)
         self._time_key_b = p.time_key.encode()
         log.info(
             "POSSM node %r: %s %s (%d channels, %s) from %r -> %r; session %r; chunks %g ms; %s",
@@ -420,207 +287,17 @@ class BrandNode:
         return self.stats()
 
     def _decode(self, pe: ParsedEntry, t_read: float) -> None:
-        dec = self.decoder
-        if not self._started and pe.t_start is not None:
-            dec.advance(pe.t_start)  # anchor the chunk grid on the first bin's start
-            self._started = True
-        if len(pe.times):
-            dec.push(pe.channels, pe.times)
-        if pe.watermark is None:
-            return
-        preds = dec.advance(pe.watermark)
+        preds = self.decoder.decode(batch_of([pe], passthrough=self._passthrough, time_field=self._time_key_b))
         if not preds:
             return
-        f = pe.fields
-        i_in = f.get(b"i")
-        if i_in is None:
-            i_in = np.uint64(pe.index).tobytes()
         for pred in preds:
-            entry = {
-                self._out_field: np.asarray(pred.values, dtype=self._out_dtype).tobytes(),
-                "i": np.uint64(self.outputs).tobytes(),
-                "i_in": i_in,
-                "id_in": pe.id,
-                "t_end": np.float64(pred.t_end).tobytes(),
-            }
-            sync = f.get(self._sync_key)
-            if sync is not None:
-                entry[self.params.sync_key] = sync
-            ts_in = f.get(self._time_key_b)
-            if ts_in is not None:
-                entry["ts_in"] = ts_in
-            entry[self._time_key] = np.uint64(time.monotonic_ns()).tobytes()
-            self.writer.add(entry)
+            self.writer.add(prediction_entry(pred, field=self._out_field, dtype=self._out_dtype, i=self.outputs, time_key=self._time_key))
             self.outputs += 1
         self.writer.flush()
         ms = (time.perf_counter() - t_read) * 1e3
         self.latency_ms.append(ms)
         if len(self.latency_ms) > 100_000:
             del self.latency_ms[:50_000]
-
-    # -- crash recovery --------------------------------------------------------------------------
-    def _resume(self) -> dict | None:
-        """After a crash (our last state was ``running``): resume after the input entry that completed
-        the last chunk written (see the module docstring). Returns what was done, or None."""
-        p = self.params
-        prev = self.previous_state or {}
-        if not p.resume or p.start != "$" or prev.get(b"status") != b"running" or self.decoder is None:
-            return None
-        out_stream = p.output_stream or self.nickname
-        last_out = self.conn.call(lambda r: r.xrevrange(out_stream, count=1))
-        f = last_out[0][1] if last_out else {}
-        if b"id_in" not in f:
-            msg = "restarted after a crash, but the previous run left no output to resume after: starting at new entries"
-            log.warning("%s", msg)
-            return {"resumed": False, "message": msg}
-        after = f[b"id_in"].decode()
-        i_last = int(np.frombuffer(f[b"i"], np.uint64)[0]) if len(f.get(b"i", b"")) == 8 else None
-        t_end = float(np.frombuffer(f[b"t_end"], np.float64)[0]) if len(f.get(b"t_end", b"")) == 8 else None
-        stream = p.input_stream
-
-        def head(r):
-            try:
-                info = r.xinfo_stream(stream)
-            except redis.exceptions.ResponseError:  # no such stream: nothing to resume from
-                return None
-            lid = info.get("last-generated-id", info.get(b"last-generated-id"))
-            return lid.decode() if isinstance(lid, bytes) else str(lid)
-
-        top = self.conn.call(head)
-        if top is None or _id(top) < _id(after):
-            msg = (f"restarted after a crash, but input stream {stream!r} was reset (its newest id {top} is older than "
-                   f"{after}, the last entry decoded): starting at new entries")
-            log.warning("%s", msg)
-            return {"resumed": False, "message": msg, "after_id": after}
-
-        def count(r) -> tuple[int, bool]:
-            n, cursor = 0, "(" + after
-            while _id(top) > _id(after):
-                batch = r.xrange(stream, min=cursor, max=top, count=10000)
-                n += len(batch)
-                if len(batch) < 10000:
-                    break
-                last = batch[-1][0]
-                cursor = "(" + (last.decode() if isinstance(last, bytes) else str(last))
-            first = r.xrange(stream, count=1)
-            fid = first[0][0] if first else None
-            trimmed = fid is not None and _id(fid) > _id(after) and not r.xrange(stream, min=after, max=after)
-            return n, trimmed
-
-        n, trimmed = self.conn.call(count)
-        max_entries = int(p.resume_max_seconds / self.parser.bin_s)
-        if n <= max_entries:
-            self.reader.last_id, replayed, skipped = after, n, 0
-        else:
-            self.reader.last_id, replayed, skipped = top, 0, n
-        if p.clock == "tick" and t_end is not None:  # the chunk grid continues where it stopped
-            self.parser.n_entries = int(round(t_end / self.parser.bin_s)) + skipped
-        if i_last is not None:
-            self.outputs = i_last + 1
-        parts = [f"resumed after a crash: after input entry {after}", f"{replayed} input entries replayed",
-                 f"{skipped} skipped (more than resume_max_seconds={p.resume_max_seconds:g} s of backlog)" if skipped else "0 skipped",
-                 "the recurrent state was lost (decoding restarts from a fresh state)"]
-        if trimmed:
-            parts.insert(3, "entries after it were trimmed from the input stream while the node was down (lost, number unknown)")
-        msg = "; ".join(parts)
-        log.warning("%s", msg)
-        return {"resumed": True, "message": msg, "after_id": after, "replayed": replayed, "skipped": skipped,
-                "trimmed": bool(trimmed), "outputs_before": self.outputs}
-
-    # -- online calibration ----------------------------------------------------------------------
-    def _collect(self, pe: ParsedEntry) -> None:
-        cal = self.calibration
-        if cal is None or cal.thread is not None:
-            return  # unit identification is running: input is not decoded meanwhile
-        if pe.t_start is None:
-            return
-        if cal.t_first is None:
-            cal.t_first = pe.t_start
-        cal.t_last = pe.watermark
-        if len(pe.times):
-            cal.channels.append(pe.channels)
-            cal.times.append(pe.times)
-        ts = pe.fields.get(self._time_key_b)
-        if ts is not None and len(ts) == 8 and pe.watermark is not None:
-            cal.offsets.append(pe.watermark - int(np.frombuffer(ts, np.uint64)[0]) * 1e-9)
-
-    def _poll_calibration(self) -> None:
-        cal = self.calibration
-        if cal.thread is None:
-            width = self.model.config.output_dim
-            for eid, flds in cal.label_reader.read(None):
-                raw, ts = flds.get(cal.label_field), flds.get(self._time_key_b)
-                if raw is None or ts is None or len(ts) != 8 or len(raw) != width * cal.label_dtype.itemsize:
-                    cal.label_errors += 1
-                    if cal.label_errors in (1, 100, 10000):
-                        log.warning("label entry %s skipped (%d so far): needs %r with %d %s values and a uint64 %r",
-                                    eid, cal.label_errors, cal.label_field.decode(), width, cal.label_dtype.name, self._time_key)
-                    continue
-                cal.label_times.append(int(np.frombuffer(ts, np.uint64)[0]) * 1e-9)
-                cal.label_values.append(np.frombuffer(raw, cal.label_dtype).astype(np.float32))
-            if cal.t_first is not None and cal.t_last is not None and cal.t_last - cal.t_first >= cal.seconds:
-                self._start_calibration()
-            return
-        if cal.thread.is_alive():
-            return
-        if cal.error is not None:
-            self.post_state("error", code=1, message=f"calibration failed: {cal.error}")
-            raise cal.error
-        self._finish_calibration()
-
-    def _start_calibration(self) -> None:
-        cal = self.calibration
-        if not cal.label_values:
-            log.warning("no labels from %r yet after %.1f s of spikes; still waiting", self.params.label_stream, cal.t_last - cal.t_first)
-            cal.t_first = cal.t_last  # collect a fresh window
-            cal.channels.clear()
-            cal.times.clear()
-            cal.offsets.clear()
-            return
-        offset = float(np.median(cal.offsets)) if cal.offsets else 0.0
-        channels = np.concatenate(cal.channels) if cal.channels else np.zeros(0, np.int64)
-        times = np.concatenate(cal.times) if cal.times else np.zeros(0, np.float64)
-        lt = np.asarray(cal.label_times) + offset
-        lv = np.stack(cal.label_values)
-        t0, t1 = cal.t_first, cal.t_last
-        log.info("calibrating session %r on %.1f s: %d spikes, %d labels; unit identification runs in the background",
-                 self.session, t1 - t0, len(times), len(lt))
-        self.post_state("calibrating", message=f"unit identification on {t1 - t0:.1f} s")
-
-        cfg = self.model.config
-
-        def job() -> None:
-            from possm_plugin.calibration import build_session, calibrate
-
-            try:
-                session = build_session(
-                    self.session, self.unit_ids, channels, times, lt, lv, target_names=cfg.output_names, target_scale=cfg.target_scale,
-                )
-                cal.result = calibrate(self.model, session, epochs=self.params.calibrate_epochs, stop_event=self.stop)
-            except BaseException as exc:  # reported to the main loop
-                cal.error = exc
-
-        cal.thread = threading.Thread(target=job, name="possm-brand-calibration", daemon=True)
-        cal.thread.start()
-
-    def _finish_calibration(self) -> None:
-        from possm_plugin.streaming import StreamingDecoder
-
-        metrics = self.calibration.result or {}  # unit identification extended self.model in place
-        if self.params.calibrated_checkpoint:
-            from possm_plugin.checkpoint import save_checkpoint
-
-            path = save_checkpoint(self.model, self.params.calibrated_checkpoint, default_session=self.session,
-                                   meta={"calibration": {k: v for k, v in metrics.items() if k != "history"}})
-            log.info("calibrated checkpoint written to %s", path)
-        self.decoder = StreamingDecoder(self.model, session=self.session, unit_ids=self.unit_ids, device=self.params.device,
-                                        prewarm=self.params.prewarm_ms / 1e3 if self.params.prewarm_ms else None)
-        self._started = False
-        self.calibration_metrics = {k: v for k, v in metrics.items() if k != "history"}
-        self.calibration = None
-        r2 = metrics.get("valid_r2")
-        log.info("calibration done; decoding session %r (calibration R2 %s)", self.session, "n/a" if r2 is None else f"{r2:.3f}")
-        self.post_state("running", calibration_r2="n/a" if r2 is None else f"{r2:.4f}")
 
     # -- reporting -------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -647,12 +324,6 @@ class BrandNode:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _id(eid) -> tuple[int, int]:
-    s = eid.decode() if isinstance(eid, bytes) else str(eid)
-    ms, _, seq = s.partition("-")
-    return int(ms), int(seq or 0)
 
 
 # -- command line -------------------------------------------------------------------------------------

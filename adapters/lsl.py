@@ -16,9 +16,10 @@ Input, two forms, decided from the stream's own metadata (``form="auto"``):
 * **binned counts** - regular rate: one channel per unit, int or float counts per bin. Unit ids are
   the channel labels. The timestamp of a sample marks the *end* of its bin (``bin_stamp="end"``, the
   moment the counts are complete; ``"start"`` is accepted too). Counts are turned into events spread
-  evenly inside the bin: ``k`` spikes of a bin ``[s, s + w)`` get the times
-  ``s + (i + 0.5) w / k``, ``i = 0..k-1``. Non-integer counts are rounded; negative, non-finite or
-  absurd (> ``max_count``, 1000) counts count as 0 (and are counted in ``bad_values``).
+  evenly inside the bin by :func:`possm_plugin.binned_events.binned_to_events` (the conversion every
+  source and the training importer share): ``k`` spikes of a bin ``[s, s + w)`` get the times
+  ``s + (i + 0.5) w / k``, ``i = 0..k-1``. NaN, infinite, negative, non-whole or absurd
+  (> ``max_count``, 1000) counts count as 0 (and are counted in ``bad_values``).
 
 Without labels, unit ids are the channel indices as strings (``"0"``, ``"1"``, ...); map them to a
 known session with ``possm-lsl --session ID``.
@@ -66,7 +67,6 @@ sync). ``telemetry=True`` adds a second outlet ``<name>-telemetry`` with, per ch
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Sequence
 
@@ -75,8 +75,9 @@ import pylsl
 from pylsl.util import LostError
 from pylsl.util import TimeoutError as LSLTimeoutError
 
+from possm_plugin.adapters.lsl_outlet import TELEMETRY_CHANNELS, LSLSink  # the outlet; its import path stays this module
 from possm_plugin.errors import ConfigError, StreamError
-from possm_plugin.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
+from possm_plugin.io import SpikeBatch, SpikeSource
 from possm_plugin.plugins.markers import hookimpl
 
 __all__ = [
@@ -95,7 +96,6 @@ log = logging.getLogger("possm_plugin.adapters.lsl")
 FORMS = ("auto", "events", "binned")
 BIN_SNAP = 0.25  # binned: bin starts this close to the bin grid (fraction of a bin) are put on it
 #: channels of the telemetry outlet (label, unit)
-TELEMETRY_CHANNELS = (("compute_ms", "ms"), ("publish_ms", "ms"), ("n_spikes", "count"), ("chunk_index", "index"))
 _FIELD_LABELS = {"channel", "chan", "ch", "electrode", "unit"}
 
 
@@ -474,33 +474,18 @@ class LSLSource(SpikeSource):
         return SpikeBatch(ch, times, self._wm)
 
     def _binned(self, data: np.ndarray, ts: np.ndarray) -> SpikeBatch:
-        n, c = data.shape
         w = 1.0 / self.srate
-        counts = np.asarray(data, dtype=np.float64)
-        bad = ~np.isfinite(counts) | (counts < 0) | (counts > self.max_count)
-        if bad.any():
-            self.bad_values += int(bad.sum())
-            counts = np.where(bad, 0.0, counts)
-        k = np.rint(counts).astype(np.int64).reshape(-1)
         starts = self._bin_starts(np.asarray(ts, dtype=np.float64) - (w if self.bin_stamp == "end" else 0.0), w)
         lo = starts
         if self._wm is not None:  # a bin that straddles the watermark already given keeps its part after it
             lo = np.where((starts < self._wm) & (starts + w > self._wm), self._wm, starts)
-        total = int(k.sum())
-        if total:
-            flat = np.repeat(np.arange(n * c), k)
-            pos = np.arange(total) - np.repeat(np.cumsum(k) - k, k)
-            kk, b = k[flat], flat // c
-            times = lo[b] + (pos + 0.5) * ((starts[b] + w - lo[b]) / kk)
-            chans = (flat % c).astype(np.float64)
-        else:
-            times, chans = np.zeros(0), np.zeros(0)
         ends = starts + w
         ends = ends[ends <= pylsl.local_clock() - self._tc + self.max_future]
         if len(ends):
             end = float(ends.max())
             self._wm = end if self._wm is None else max(self._wm, end)
-        batch = SpikeBatch(chans, times, self._wm)
+        batch = SpikeBatch.from_bins(data, starts, w, span_starts=lo, watermark=self._wm, max_count=self.max_count)
+        self.bad_values += batch.bins_invalid
         batch.start = float(starts[0])  # the first bin's start: anchors the chunk grid on bin edges
         return batch
 
@@ -615,103 +600,6 @@ class LSLSignalInlet:
         self.disconnect()
 
 
-# -- sink ---------------------------------------------------------------------------------------------
-class LSLSink(PredictionSink):
-    """Predictions to an LSL outlet (see the module doc).
-
-    Args:
-        name: the outlet's stream name (``possm-lsl --outlet NAME``).
-        stype: the stream type.
-        source_id: stable unique id, so consumers recover after a restart (default
-            ``possm-<name>@<hostname>``).
-        units: the physical unit of every output (a string, or one per output separated by commas).
-        telemetry: also open ``<name>-telemetry`` (compute_ms, publish_ms, n_spikes, chunk_index).
-        telemetry_name: its name, when not ``<name>-telemetry``.
-        meta: extra ``desc`` entries (e.g. the checkpoint and session).
-    """
-
-    name = "lsl"
-
-    def __init__(
-        self,
-        name: str = "possm",
-        *,
-        stype: str = "Prediction",
-        source_id: str | None = None,
-        units: str | Sequence[str] | None = None,
-        telemetry: bool = False,
-        telemetry_name: str | None = None,
-        meta: dict | None = None,
-    ) -> None:
-        super().__init__()
-        if not name:
-            raise ConfigError("the LSL outlet needs a non-empty name (--outlet NAME)")
-        self.stream_name = str(name)
-        self.stype = stype
-        self.source_id = source_id or f"possm-{self.stream_name}@{socket.gethostname()}"
-        self.units = units
-        self.telemetry = bool(telemetry)
-        self.telemetry_name = telemetry_name or f"{self.stream_name}-telemetry"
-        self.meta = dict(meta or {})
-        self._outlet: pylsl.StreamOutlet | None = None
-        self._tele: pylsl.StreamOutlet | None = None
-        self.published = 0
-
-    def _units_for(self, n: int) -> list[str]:
-        u = self.units
-        if u is None:
-            return [""] * n
-        if isinstance(u, str):
-            parts = [p.strip() for p in u.split(",")]
-            return parts if len(parts) == n else [u] * n
-        u = [str(x) for x in u]
-        if len(u) != n:
-            raise ConfigError(f"LSL sink units {u} must give one unit per output ({n})")
-        return u
-
-    def _connect(self, output_names: list[str], chunk_step: float) -> None:
-        rate = 1.0 / float(chunk_step)
-        info = pylsl.StreamInfo(self.stream_name, self.stype, len(output_names), rate, "float32", self.source_id)
-        chans = info.desc().append_child("channels")
-        for label, unit in zip(output_names, self._units_for(len(output_names))):
-            ch = chans.append_child("channel")
-            ch.append_child_value("label", str(label))
-            ch.append_child_value("unit", unit)
-            ch.append_child_value("type", "prediction")
-        info.desc().append_child_value("timestamps", "chunk end, on the inlet's clock")
-        info.desc().append_child_value("chunk_step", repr(float(chunk_step)))
-        for k, v in self.meta.items():
-            info.desc().append_child_value(str(k), str(v))
-        self._outlet = pylsl.StreamOutlet(info, chunk_size=1)
-        if self.telemetry:
-            t = pylsl.StreamInfo(self.telemetry_name, "Telemetry", len(TELEMETRY_CHANNELS), rate, "float32", self.source_id + "-telemetry")
-            tch = t.desc().append_child("channels")
-            for label, unit in TELEMETRY_CHANNELS:
-                ch = tch.append_child("channel")
-                ch.append_child_value("label", label)
-                ch.append_child_value("unit", unit)
-            self._tele = pylsl.StreamOutlet(t, chunk_size=1)
-        log.info("LSL outlet %r (%s, %g Hz, source_id %r)%s", self.stream_name, ", ".join(output_names), rate,
-                 self.source_id, f" + telemetry {self.telemetry_name!r}" if self.telemetry else "")
-
-    def _publish(self, predictions: list[Prediction]) -> None:
-        out = self._outlet
-        if out is None:
-            raise StreamError("LSLSink is not connected; call connect() first")
-        for p in predictions:
-            out.push_sample(np.asarray(p.values, dtype=np.float32), p.t_end)
-        self.published += len(predictions)
-        if self._tele is not None:
-            now = pylsl.local_clock()
-            for p in predictions:
-                self._tele.push_sample([p.compute_ms, (now - p.t_end) * 1e3, float(p.n_spikes), float(p.chunk_index)], p.t_end)
-
-    def _disconnect(self) -> None:
-        self._outlet = None  # liblsl closes the outlet when the object is freed
-        self._tele = None
-
-
-# -- plugin hooks --------------------------------------------------------------------------------------
 @hookimpl
 def possm_register_sources(register):
     register("lsl", LSLSource, description="Lab Streaming Layer inlet: spike events or binned counts (possm-lsl --inlet NAME)")

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import ConfigError, DataError, StreamError
 from .io import SpikeSource
 from .model import POSSM
+from .unit_map import new_unit_ids
 from .session import Session
 
 __all__ = ["collect", "build_session", "calibrate", "calibrate_online"]
@@ -177,7 +178,7 @@ def calibrate_online(
             raise ConfigError(f"the labels stream has {len(names)} channels {names}; the model decodes {cfg.output_dim} ({cfg.output_names})")
         session_id = session_id or time.strftime("calib-%Y%m%d-%H%M%S")
         has_labels = getattr(source, "has_labels", True)
-        unit_ids = list(source.unit_ids) if has_labels else [f"{session_id}/{u}" for u in source.unit_ids]
+        unit_ids = list(source.unit_ids) if has_labels else new_unit_ids(session_id, source.unit_ids)
         log.info("calibration: collecting %g s of spikes (%d units) and behaviour; nothing is decoded meanwhile", seconds, len(unit_ids))
         ch, t, lt, lv = collect(source, labels, seconds, stop_event=stop_event)
         if stop_event is not None and stop_event.is_set():

@@ -2,7 +2,9 @@
 
 A *source* produces spike events: the index of a channel (into ``source.unit_ids``) and a time on the
 source's clock, plus a *watermark*, the time up to which the source has delivered everything. Binned
-sources turn counts into events inside each bin (spread evenly over the bin, documented per adapter).
+sources turn counts into events with :meth:`SpikeBatch.from_bins` (one conversion for every source and
+the training importer: :mod:`possm_plugin.binned_events`). A batch is decoded by one call,
+:meth:`possm_plugin.streaming.StreamingDecoder.decode`.
 A *sink* publishes predictions, each stamped with the end time of the chunk it decodes.
 
 Lifecycle (as in mne-lsl): ``connect()`` -> ``acquire()``... -> ``disconnect()``; sources and sinks
@@ -13,8 +15,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from .binned_events import MAX_COUNT, binned_to_events
 
 __all__ = ["SpikeBatch", "Prediction", "SpikeSource", "PredictionSink"]
 
@@ -29,6 +34,11 @@ class SpikeBatch:
         watermark: every event with time < watermark has been delivered (None: unknown, e.g. no data).
         labels: optional behaviour samples that arrived with the spikes: (times (M,), values (M, C)).
         start: earliest time the batch covers (a binned source's first bin start), anchoring the grid.
+        marks: pass-through of the input entries the batch holds, in order: ``(watermark, fields)``
+            with the watermark after the entry and the fields a prediction completed by it carries
+            in :attr:`Prediction.extra` (e.g. BRAND's ``sync``), a dict or a function that makes it
+            (called only for the entries that complete a chunk); empty: nothing to pass through.
+        bins_invalid: bad (bin, channel) counts dropped when the batch was made from bins.
     """
 
     channels: np.ndarray
@@ -36,10 +46,41 @@ class SpikeBatch:
     watermark: float | None
     labels: tuple[np.ndarray, np.ndarray] | None = None
     start: float | None = None  # earliest time covered (a binned source's first bin start): anchors the chunk grid
+    marks: list[tuple[float, Any]] = field(default_factory=list)
+    bins_invalid: int = 0
 
     @classmethod
     def empty(cls, watermark: float | None = None) -> "SpikeBatch":
         return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), watermark)
+
+    @classmethod
+    def from_bins(
+        cls,
+        counts: np.ndarray,
+        bin_starts: np.ndarray,
+        bin_width: float,
+        *,
+        watermark: float | None = None,
+        span_starts: np.ndarray | None = None,
+        max_count: float = MAX_COUNT,
+    ) -> "SpikeBatch":
+        """Binned counts as events (:func:`~possm_plugin.binned_events.binned_to_events`).
+
+        Args:
+            counts: (T, C) counts; bin_starts: (T,) bin starts; bin_width: seconds.
+            watermark: default: the last bin's end.
+            span_starts, max_count: see :func:`~possm_plugin.binned_events.binned_to_events`.
+
+        The batch's ``start`` is the first bin's start (the chunk grid is anchored on bin edges, not on
+        the first spike) and ``bins_invalid`` the bad counts dropped.
+        """
+        ch, times, n_bad = binned_to_events(counts, bin_starts, bin_width, span_starts=span_starts, max_count=max_count)
+        starts = np.asarray(bin_starts, dtype=np.float64).reshape(-1)
+        if not len(starts):
+            return cls.empty(watermark)
+        if watermark is None:
+            watermark = float(starts[-1] + bin_width)
+        return cls(ch, times, watermark, start=float(starts[0]), bins_invalid=n_bad)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -56,7 +97,9 @@ class Prediction:
         stream: which stream (when several are batched through one model).
         compute_ms: model compute time of the step that produced it.
         n_spikes: spikes in the chunk.
-        extra: adapter-specific pass-through (e.g. BRAND's ``sync`` field).
+        extra: pass-through of the input entry that completed the chunk (e.g. BRAND's ``sync``),
+            filled by :meth:`~possm_plugin.streaming.StreamingDecoder.decode` from
+            :attr:`SpikeBatch.marks`; sinks that can (Redis) write it along.
     """
 
     values: np.ndarray

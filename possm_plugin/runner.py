@@ -1,7 +1,8 @@
 """The decode loop: source -> :class:`~possm_plugin.streaming.StreamingDecoder` -> sinks.
 
-One iteration: ``source.acquire`` (a short blocking pull) -> ``decoder.push`` (the events) ->
-``decoder.advance(watermark)`` (every chunk the watermark completes, one model step each) ->
+One iteration: ``source.acquire`` (a short blocking pull) -> ``decoder.decode(batch)`` (the one decode
+call: anchors the chunk grid, buffers the events, decodes every chunk the watermark completes, and
+passes each input entry's pass-through fields, e.g. BRAND's ``sync``, to :attr:`Prediction.extra`) ->
 ``sink.publish`` for every sink; then the chunk-end -> publish latency of each prediction is
 recorded with ``decoder.record_publish_latency`` (when the source can tell the time on its clock,
 through an optional ``source.now()``).
@@ -56,8 +57,9 @@ class DecoderRunner:
         poll_timeout: the longest one ``acquire`` call waits for data, seconds.
         on_predictions: called with each list of published predictions (e.g. a progress display).
         error_backoff: pause after an acquisition error, seconds.
-        warmup: model steps run on a throwaway state before the loop starts (the first calls of a
-            torch model are slow; warming up keeps them out of the first chunks' latency).
+        warmup: throwaway steps of the decoder's engine before the loop starts
+            (:meth:`~possm_plugin.streaming.StreamingDecoder.warmup`: keeps the first calls, slow,
+            out of the first chunks' latency).
     """
 
     def __init__(
@@ -110,7 +112,7 @@ class DecoderRunner:
                 sink.connect(output_names=self.decoder.output_names, chunk_step=self.decoder.chunk_step)
         if not self.source.connected:
             self.source.connect()
-        self._warmup()
+        self.decoder.warmup(self.warmup)
         t_start = time.monotonic()
         deadline = None if self.duration is None else t_start + self.duration
         try:
@@ -149,13 +151,7 @@ class DecoderRunner:
             self.decoder.reset()
             log.warning("source is back; decoding resumes with a fresh state")
         self._was_lost = lost
-        dec = self.decoder
-        start = getattr(batch, "start", None)
-        if start is not None and dec.t0(0) is None:
-            dec.advance(start)  # anchor the chunk grid on the first bin's start (with or without spikes)
-        if len(batch):
-            dec.push(batch.channels, batch.times)
-        preds = dec.advance(batch.watermark)
+        preds = self.decoder.decode(batch)
         if preds:
             self._publish(preds)
         return preds
@@ -180,22 +176,6 @@ class DecoderRunner:
             self._overdue = end
             return 0.0
         return min(self.poll_timeout, wait)
-
-    def _warmup(self) -> None:
-        """Run the model a few times on a blank chunk with a fresh state (results discarded)."""
-        if self.warmup <= 0:
-            return
-        import torch
-
-        model, dev = self.decoder.model, self.decoder.device
-        state = model.initial_state(1, device=dev)
-        units = torch.zeros(1, 1, dtype=torch.long, device=dev)
-        times = torch.zeros(1, 1, device=dev)
-        mask = torch.ones(1, 1, dtype=torch.bool, device=dev)
-        session = torch.zeros(1, dtype=torch.long, device=dev)
-        with torch.inference_mode():
-            for _ in range(self.warmup):
-                _, state = model.step(units, times, mask, session, state)
 
     def _publish(self, preds: list[Prediction]) -> None:
         for sink in self.sinks:

@@ -296,6 +296,44 @@ def test_decode_loop_redis_to_redis_equals_offline(redis_server, tiny_checkpoint
     np.testing.assert_allclose(np.stack(out), want, rtol=1e-5, atol=1e-5)
 
 
+def test_possm_lsl_redis_to_redis_passes_sync_through(redis_server, tiny_checkpoint):
+    """``possm-lsl --source redis --sink redis`` (a separate process): each output entry carries the ``sync``,
+    ``i``, id and ``ts`` of the input entry that completed its chunk, as ``possm-brand`` writes them."""
+    import os
+    import subprocess
+    import sys
+
+    from possm_plugin.streaming import StreamingDecoder
+
+    n_units, n_chunks = 16, 4
+    units = StreamingDecoder.from_checkpoint(tiny_checkpoint).unit_ids
+    x = (np.random.default_rng(5).random((n_chunks * 50, n_units)) < 0.04).astype(np.int16)
+    c = redis_server.client()
+    ids = [c.xadd("cr", crossing(row, sync=json.dumps({"nsp_idx_1": 1000 + n}), i=np.uint64(n).tobytes(),
+                                 ts=np.uint64(10**9 + n).tobytes())) for n, row in enumerate(x)]
+    cmd = [sys.executable, "-c", "import sys; from possm_plugin.cli.lsl_node import main; sys.exit(main())",
+           "--checkpoint", str(tiny_checkpoint), "--source", "redis", "--sink", "redis", "--prewarm", "0",
+           "--source-opt", "stream=cr", "--source-opt", f"unit_ids={','.join(units)}", "--source-opt", "start=0",
+           "--source-opt", f"port={redis_server.port}", "--sink-opt", "stream=pred", "--sink-opt", f"port={redis_server.port}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while c.xlen("pred") < n_chunks and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    out = c.xrange("pred")
+    assert len(out) == n_chunks, err.decode()[-2000:]
+    for k, (_, f) in enumerate(out):
+        last = (k + 1) * 50 - 1  # the entry that completed chunk k
+        assert json.loads(f[b"sync"]) == {"nsp_idx_1": 1000 + last}
+        assert np.frombuffer(f[b"i_in"], np.uint64)[0] == last
+        assert f[b"id_in"] == ids[last]
+        assert np.frombuffer(f[b"ts_in"], np.uint64)[0] == 10**9 + last
+        assert np.frombuffer(f[b"i"], np.uint64)[0] == k
+
+
 def test_unreachable_server_fails_fast_at_connect():
     with pytest.raises(StreamError, match="cannot reach Redis"):
         RedisSource(stream="x", n_channels=1, port=free_port()).connect(timeout=0.2)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, PluginError, PossmError, StreamError
 from .formatter import HelpFormatter
+from ..unit_map import pick_session, session_units, unknown_units
 
 __all__ = ["build_parser", "main", "parse_options", "format_summary"]
 
@@ -140,16 +141,6 @@ def format_summary(s: dict) -> str:
 
 
 # -- the node ------------------------------------------------------------------------------------------
-def _pick_session(model, stream_units: list[str], default: str | None) -> str | None:
-    """The known session whose units contain every stream unit (the checkpoint default first)."""
-    want = set(stream_units)
-    order = ([default] if default else []) + [s for s in model.session_vocab.ids if s != default]
-    for sid in order:
-        if want <= set(model.session_units.get(sid, ())):
-            return sid
-    return default
-
-
 def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
     """The unit id of each stream channel and the session to decode as (None: calibrate)."""
     stream_units = list(source.unit_ids)
@@ -157,9 +148,7 @@ def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
     if args.session:
         if args.session not in model.session_vocab:
             raise ConfigError(f"--session {args.session!r} is not in the checkpoint; known sessions: {', '.join(known_sessions) or 'none'}")
-        sess_units = list(model.session_units.get(args.session, ()))
-        if not sess_units:
-            raise ConfigError(f"session {args.session!r} has no unit list in the checkpoint")
+        sess_units = session_units(model, args.session)
         if stream_units and len(stream_units) != len(sess_units):
             raise ConfigError(
                 f"--session {args.session!r} maps channels in order, but the stream has {len(stream_units)} channels "
@@ -174,7 +163,7 @@ def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
         )
     if args.calibrate:
         return stream_units, None
-    unknown = [u for u in stream_units if u not in model.unit_vocab]
+    unknown = unknown_units(model, stream_units)
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         hint = "" if getattr(source, "has_labels", True) else " (the stream has no channel labels, so its units are its channel indices)"
@@ -184,7 +173,7 @@ def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
             f"stream comes from the array of a known session, map its channels in order with --session ID "
             f"(known: {', '.join(known_sessions) or 'none'})"
         )
-    return stream_units, _pick_session(model, stream_units, doc.get("default_session"))
+    return stream_units, pick_session(model, stream_units, doc.get("default_session")) or doc.get("default_session")
 
 
 def run(args: argparse.Namespace) -> int:

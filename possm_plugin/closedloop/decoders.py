@@ -1,7 +1,7 @@
 """Decoders in the loop: one interface, ``step(times, units, t_end, intent) -> (2,)`` cm/s per chunk.
 
 - :class:`PossmLoopDecoder`: a POSSM through :class:`~possm_plugin.streaming.StreamingDecoder`, the
-  path the live nodes use (events pushed, then ``advance(chunk end)``).
+  path the live nodes use (one ``decode`` call per chunk: its events, watermark at the chunk's end).
 - :class:`BaselineLoopDecoder`: a fitted Wiener or Kalman filter; the chunk's counts come from
   :func:`~possm_plugin.binning.bin_spikes` (the baselines' own binning) and go through their
   chunk-by-chunk form (:mod:`possm_plugin.baselines.stream`).
@@ -23,6 +23,7 @@ from ..baselines.base import BinnedDecoder
 from ..baselines.stream import stream_baseline
 from ..binning import bin_spikes
 from ..errors import ConfigError
+from ..io import SpikeBatch
 from ..model import POSSM
 from ..streaming import StreamingDecoder
 
@@ -56,9 +57,7 @@ class PossmLoopDecoder(LoopDecoder):
         self._last = np.zeros(2, np.float32)
 
     def step(self, times, units, t_end, intent):
-        if len(times):
-            self.stream.push(np.asarray(units, np.int64), np.asarray(times, np.float64))
-        preds = self.stream.advance(t_end)
+        preds = self.stream.decode(SpikeBatch(np.asarray(units, np.int64), np.asarray(times, np.float64), t_end))
         if preds:
             self._last = np.asarray(preds[-1].values, np.float32).reshape(-1)[:2]
         return self._last

@@ -5,14 +5,17 @@ importer puts each bin's count back as that many events inside the bin. Two plac
 
 * ``"uniform"`` (default): each event at an independent uniformly random time inside its bin, from
   a seeded generator (``seed``), so the same call always gives the same events;
-* ``"even"``: the ``n`` events of a bin at ``start + ((j + 0.5) / n - 1e-6) * bin_s`` (the centres of
-  n equal slots, nudged a millionth of a bin early so that no event lies exactly on the boundary of a
-  finer chunk grid, such as POSSM's 50 ms chunks over 100 ms bins). No randomness; spike timing
-  within a bin then carries no information.
+* ``"even"``: the ``n`` events of a bin at ``start + (j + 0.5) / n * bin_s`` (the centres of n equal
+  slots): exactly where every live source puts them, by the same function
+  (:func:`possm_plugin.binned_events.binned_to_events`). No randomness; spike timing within a bin
+  then carries no information.
 
-Either way the events stay strictly inside their bin (at least ``1e-6 * bin_s`` from both edges), so
-binning them again on the same grid gives the original counts exactly, and cutting the bins into
-halves (or any finer grid that does not cut within a millionth of a bin of an event) loses none.
+Either way the events stay strictly inside their bin, so binning them again on the same grid gives
+the original counts exactly. Training moves them again at random inside their bins in every window
+(``bin_jitter``), whatever the placement: the uniform default stays because a session's fingerprint
+(:attr:`~possm_plugin.session.Session.fingerprint`) covers its spike times, and checkpoints trained on imported
+sessions must keep recognising them. Bad counts (NaN, negative, not whole) refuse the file
+(``DataError``): an importer checks a file once, before any training, rather than dropping values.
 Bin ``k`` starts at ``t0 + k * bin_s`` (:func:`~possm_plugin.tokenize.chunk_starts`). Whatever
 happened inside a bin is lost: sub-bin timing in such a session is invented, and a model should not
 be credited for it.
@@ -48,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..binned_events import binned_to_events
 from ..errors import ConfigError, DataError
 from ..session import PHASE_OTHER, PHASE_REACH, Session
 from ..tokenize import chunk_starts
@@ -129,15 +133,9 @@ def counts_to_events(
     bins, units = cell // n_units, (cell % n_units).astype(np.int32)
     if placement == "uniform":
         lo, span = _MARGIN * bin_s, (1 - 2 * _MARGIN) * bin_s
-        frac = np.random.default_rng(seed).random(total)
-    else:
-        # centres of n equal slots, all nudged 1e-6 of a bin early: a lone event must not sit exactly
-        # on the bin's midpoint, which is a chunk boundary when the bin is cut into finer chunks
-        lo, span = 0.0, bin_s
-        n = flat[cell]
-        j = np.arange(total) - np.repeat(np.cumsum(flat) - flat, flat)  # rank of the event in its cell
-        frac = (j + 0.5) / n - _MARGIN
-    times = starts[bins] + lo + frac * span
+        times = starts[bins] + lo + np.random.default_rng(seed).random(total) * span
+    else:  # the placement of every live source, by the same function (events come in the same cell order)
+        _, times, _ = binned_to_events(c, starts, float(bin_s))
     # keep every event inside [start, start + bin_s) despite rounding
     times = np.minimum(np.maximum(times, starts[bins]), np.nextafter(starts[bins] + bin_s, -np.inf))
     order = np.argsort(times, kind="stable")

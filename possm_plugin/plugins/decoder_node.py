@@ -8,9 +8,9 @@ integrations (:mod:`possm_plugin.integrations`) wrap the node in turn.
 
 Shape letters: S events, T bins, C channels (input units), P predictions, O outputs.
 
-Binned counts become events spread evenly inside each bin: ``k`` spikes in the bin
-``[s, s + w)`` are placed at ``s + (j + 0.5) * w / k`` for ``j = 0..k-1``. Counts are rounded to
-whole spikes; negative or non-finite counts are dropped and counted in ``stats["bins_invalid"]``.
+Binned counts become events by :func:`possm_plugin.binned_events.binned_to_events` (spread evenly
+inside each bin; bad counts dropped and counted in ``stats["bins_invalid"]``), the conversion every
+live path and the training importer share.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..binned_events import binned_to_events  # noqa: F401  (re-exported: hosts import it from here)
 from ..errors import ConfigError, DataError, PossmError, UnknownUnitError
-from ..io import Prediction
+from ..io import Prediction, SpikeBatch
 from .markers import hookimpl
 
 __all__ = ["Port", "PossmDecoderNode", "binned_to_events", "possm_register_decoder_nodes"]
@@ -54,40 +55,6 @@ class Port:
         d = asdict(self)
         d["channels"] = list(self.channels)
         return d
-
-
-def binned_to_events(counts: np.ndarray, bin_starts: np.ndarray, bin_width: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Events spread evenly in each bin.
-
-    Args:
-        counts: (T, C) spike counts (rounded to whole spikes).
-        bin_starts: (T,) start time of each bin (seconds).
-        bin_width: width of every bin (seconds).
-
-    Returns:
-        channels (S,) int64, times (S,) float64 sorted by time, and how many (bin, channel) counts
-        were invalid (negative, NaN or inf) and dropped.
-    """
-    c = np.asarray(counts, dtype=np.float64)
-    starts = np.asarray(bin_starts, dtype=np.float64).reshape(-1)
-    if c.ndim != 2:
-        raise DataError(f"binned counts must be (T, C), got shape {c.shape}")
-    if len(starts) != c.shape[0]:
-        raise DataError(f"got {c.shape[0]} bins of counts but {len(starts)} bin times; pass one time per bin")
-    bad = ~np.isfinite(c) | (c < 0)
-    n_bad = int(bad.sum())
-    k = np.rint(np.where(bad, 0.0, c)).astype(np.int64)
-    flat = k.ravel()
-    n = int(flat.sum())
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float64), n_bad
-    cell = np.repeat(np.arange(flat.size), flat)  # which (bin, channel) each event comes from
-    first = np.cumsum(flat) - flat  # index of each cell's first event
-    j = np.arange(n) - first[cell]  # rank of the event within its cell
-    t_idx, ch = np.divmod(cell, c.shape[1])
-    times = starts[t_idx] + (j + 0.5) * (bin_width / flat[cell])
-    order = np.argsort(times, kind="stable")
-    return ch[order].astype(np.int64), times[order], n_bad
 
 
 class PossmDecoderNode:
@@ -242,13 +209,10 @@ class PossmDecoderNode:
         """
         self._check_open()
         times = np.asarray(times, dtype=np.float64).reshape(-1)
-        self.decoder.push(channels, times)
         if watermark is None:
             finite = times[np.isfinite(times)]
-            if not len(finite):
-                return []
-            watermark = float(finite.max())
-        return self.decoder.advance(float(watermark))
+            watermark = float(finite.max()) if len(finite) else None
+        return self.decoder.decode(SpikeBatch(channels, times, watermark))
 
     def process_binned(self, counts, bin_times, *, bin_width: float | None = None) -> list[Prediction]:
         """Spread binned counts into events (evenly inside each bin) and decode every chunk that the
@@ -277,14 +241,10 @@ class PossmDecoderNode:
         if not len(t):
             return []
         width = self._bin_width(t, bin_width)
-        starts = t - width if self.bin_stamp == "end" else t
-        ch, ev, n_bad = binned_to_events(c, starts, width)
+        batch = SpikeBatch.from_bins(c, t - width if self.bin_stamp == "end" else t, width)
         self._bins_in += len(t)
-        self._bins_invalid += n_bad
-        if self.decoder.t0() is None:  # anchor the chunk grid at the first bin's start, not its first spike
-            self.decoder.advance(float(starts[0]))
-        self.decoder.push(ch, ev)
-        return self.decoder.advance(float(starts[-1] + width))
+        self._bins_invalid += batch.bins_invalid
+        return self.decoder.decode(batch)
 
     def _bin_width(self, t: np.ndarray, given: float | None) -> float:
         width = given if given is not None else self.bin_width
