@@ -96,7 +96,11 @@ log = logging.getLogger("possm_plugin.adapters.lsl")
 FORMS = ("auto", "events", "binned")
 BIN_SNAP = 0.25  # binned: bin starts this close to the bin grid (fraction of a bin) are put on it
 #: channels of the telemetry outlet (label, unit)
-_FIELD_LABELS = {"channel", "chan", "ch", "electrode", "unit"}
+#: what senders call the fields of a spike-event sample, after :func:`_field_word` (``"ch_id"`` -> ``"ch"``)
+_ELECTRODE_WORDS = {"channel", "chan", "chn", "ch", "electrode", "elec", "elc", "site", "wire"}
+_UNIT_WORDS = {"unit", "cluster", "clu", "neuron", "sortcode", "sort", "sortedunit"}
+CHANNEL_LABELS = ("auto", "electrodes", "fields")
+MAX_ELECTRODE = 65535  # unlabelled event streams: larger electrode indices are invalid, not new units
 
 
 # -- metadata helpers ---------------------------------------------------------------------------------
@@ -147,6 +151,40 @@ def _usable(labels: Sequence[str], n: int | None = None) -> bool:
     return bool(labels) and all(labels) and len(set(labels)) == len(labels) and (n is None or len(labels) == n)
 
 
+def _field_word(label: str) -> str:
+    """The word a label says, however spelled: lower case, only letters and digits, an ``id`` /
+    ``idx`` / ``index`` / ``number`` / ``no`` suffix and a plural ``s`` dropped (``"ch_id"`` -> ``"ch"``,
+    ``"Units"`` -> ``"unit"``, ``"electrode number"`` -> ``"electrode"``)."""
+    w = "".join(c for c in label.lower() if c.isascii() and c.isalnum())
+    for suffix in ("index", "idx", "id", "number", "num", "nr", "no"):
+        if w.endswith(suffix) and len(w) > len(suffix):
+            w = w[: -len(suffix)]
+            break
+    if w.endswith("s") and w[:-1] in _ELECTRODE_WORDS | _UNIT_WORDS:
+        w = w[:-1]
+    return w
+
+
+def event_fields(labels: Sequence[str]) -> tuple[int, int | None] | None:
+    """Where each sample of a spike-event stream keeps its electrode index and its unit, when the
+    stream's ``desc/channels`` labels name the sample's fields rather than electrodes.
+
+    Returns ``(electrode_field, unit_field)`` (``unit_field`` None when no field is a unit), or None
+    when none of the first four labels names an electrode or unit field. Recognised in any case and
+    spelling, plural, with an ``_id`` / ``idx`` / ``index`` / ``number`` suffix: ``channel``, ``chan``,
+    ``ch``, ``electrode``, ``elec``, ``site`` for the electrode; ``unit``, ``cluster``, ``neuron``,
+    ``sortcode`` for the unit. Examples: neural-data-simulator 0.2.10's ``ephys_generator``
+    ``["channels", "units", "0", ..., "47"]`` (48 waveform samples follow) -> ``(0, 1)``; its
+    ``streamer`` ``["ch_id", "unit_id"]`` -> ``(0, 1)``; ``["u0", "u1", "u2"]`` -> None.
+    """
+    words = [_field_word(x) for x in labels[:4]]  # the fields come first, a waveform after them
+    el = next((i for i, w in enumerate(words) if w in _ELECTRODE_WORDS), None)
+    un = next((i for i, w in enumerate(words) if w in _UNIT_WORDS), None)
+    if el is None:
+        return None if un is None else (un, None)  # only a unit field: it indexes the units
+    return el, un
+
+
 # -- source -------------------------------------------------------------------------------------------
 class LSLSource(SpikeSource):
     """Spike events from an LSL inlet (spike-event or binned-count streams; see the module doc).
@@ -179,7 +217,11 @@ class LSLSource(SpikeSource):
         clocksync: map timestamps onto this machine's clock (``proc_clocksync``); False keeps the
             sender's timestamps as sent (the watermark and :meth:`now` then use the sender's clock
             through one ``time_correction()`` estimate taken at connect).
-        n_units: for event streams without labels: how many channel indices to expect.
+        n_units: for event streams without electrode labels: the electrode indices are ``0 .. n_units - 1``
+            (unit ids ``"0"``, ``"1"``, ...). Without it, they come from the data: every electrode index
+            seen until :meth:`freeze_units` (online calibration freezes them when it stops collecting).
+        channel_labels: what the ``desc/channels`` labels of an event stream are: ``"auto"`` (fields when
+            :func:`event_fields` recognises them, else electrode labels), ``"electrodes"`` or ``"fields"``.
         max_samples: most samples returned by one pull.
         max_buflen: inlet buffer, seconds (or x100 samples for irregular streams).
     """
@@ -206,12 +248,17 @@ class LSLSource(SpikeSource):
         dejitter: bool = False,
         clocksync: bool = True,
         n_units: int | None = None,
+        channel_labels: str = "auto",
         max_samples: int = 65536,
         max_buflen: int = 30,
     ) -> None:
         super().__init__()
         if form not in FORMS:
             raise ConfigError(f"LSL source form={form!r} must be one of {FORMS}")
+        if channel_labels not in CHANNEL_LABELS:
+            raise ConfigError(f"LSL source channel_labels={channel_labels!r} must be one of {CHANNEL_LABELS}")
+        if n_units is not None and not (isinstance(n_units, int) and not isinstance(n_units, bool) and 0 < n_units <= MAX_ELECTRODE + 1):
+            raise ConfigError(f"LSL source n_units={n_units!r} must be a whole number of electrodes in 1..{MAX_ELECTRODE + 1}")
         if bin_stamp not in ("end", "start"):
             raise ConfigError(f"LSL source bin_stamp={bin_stamp!r} must be 'end' or 'start'")
         for key, v in (("resolve_timeout", resolve_timeout), ("lost_after", lost_after), ("reconnect_interval", reconnect_interval)):
@@ -247,6 +294,9 @@ class LSLSource(SpikeSource):
         self.clocksync = bool(clocksync)
         self._tc = 0.0
         self.n_units_option = None if n_units is None else int(n_units)
+        self.channel_labels = channel_labels
+        self._fields: tuple[int, int | None] = (0, 1)  # events: the sample's electrode and unit fields
+        self.discovers_units = False  # events without electrode labels or n_units: unit ids from the data
         self.max_samples = int(max_samples)
         self.max_buflen = int(max_buflen)
         self.form: str | None = None  # "events" or "binned" once connected
@@ -265,6 +315,8 @@ class LSLSource(SpikeSource):
         self._fresh = False
         self._since: float | None = None
         self.stale_dropped = 0
+        self._fresh_why = ""  # why the next pull skips the backlog (see skip_backlog), for its log line
+        self._last_pull: float | None = None
         self._rejected: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -297,8 +349,11 @@ class LSLSource(SpikeSource):
             raise StreamError(f"LSL stream {info.name()!r} has an irregular rate; binned counts need a regular rate (use form=events)")
         if form == "events" and full.channel_count() < 1:
             raise StreamError(f"LSL stream {info.name()!r} has no channels")
+        learning = self.discovers_units
         unit_ids, has_labels, table = self._units_from(full, form)
         if not first:
+            if self.discovers_units:  # unit ids learnt from the data: the returning stream keeps them (and the freeze)
+                unit_ids, self.discovers_units = self.unit_ids, learning
             if form != self.form or unit_ids != self.unit_ids:
                 inlet.close_stream()
                 raise StreamError(
@@ -317,9 +372,10 @@ class LSLSource(SpikeSource):
         self._last_data = pylsl.local_clock()
         self._fresh = True
         log.info(
-            "LSL inlet %r (%s, %s, %d units%s, source_id %r)", full.name(), form,
-            "irregular" if irregular else f"{srate:g} Hz", len(unit_ids), "" if has_labels else ", no labels: indices",
-            full.source_id(),
+            "LSL inlet %r (%s, %s, %s%s, source_id %r)", full.name(), form,
+            "irregular" if irregular else f"{srate:g} Hz",
+            "units from the data" if self.discovers_units else f"{len(unit_ids)} units",
+            "" if has_labels else ", no labels: indices", full.source_id(),
         )
 
     def _units_from(self, info: pylsl.StreamInfo, form: str) -> tuple[list[str], bool, np.ndarray | None]:
@@ -343,13 +399,53 @@ class LSLSource(SpikeSource):
             table = np.full((max(p[0] for p in pairs) + 1, max(p[1] for p in pairs) + 1), -1, np.int64)
             for k, (c, u) in enumerate(pairs):
                 table[c, u] = k
+            self._fields = event_fields(labels) or (0, 1)
             return [s[0] for s in sorted_units], True, table
-        if labels and labels[0].strip().lower() in _FIELD_LABELS:
-            labels = []  # the labels name the sample's fields, not the electrodes
-        if _usable(labels):
+        return self._event_units(info, labels)
+
+    def _event_units(self, info: pylsl.StreamInfo, labels: list[str]) -> tuple[list[str], bool, None]:
+        """Unit ids of an event stream without sorted units: its electrode labels, or, when its labels
+        name the sample's fields (:func:`event_fields`) or are missing, ``n_units`` indices or the
+        electrodes in the data (:attr:`discovers_units`). Sets the fields read from each sample."""
+        name, n_ch = info.name(), info.channel_count()
+        fields = None if self.channel_labels == "electrodes" else event_fields(labels)
+        if fields is None and self.channel_labels == "fields":
+            fields = (0, 1 if n_ch > 1 else None)
+        if fields is not None:
+            if max(f for f in fields if f is not None) >= n_ch:
+                raise StreamError(f"LSL stream {name!r}: its labels {labels[:4]} name more fields than its {n_ch} channels")
+            self._fields = fields
+            log.info("LSL stream %r: labels %s name each sample's fields (electrode: field %d, unit: %s); not electrode labels",
+                     name, labels[: max(f for f in fields if f is not None) + 1], fields[0],
+                     "none" if fields[1] is None else f"field {fields[1]}")
+            labels = []
+        else:
+            self._fields = (0, 1 if n_ch > 1 else None)
+            if labels and not _usable(labels):
+                log.warning("LSL stream %r: channel labels missing or duplicated; electrodes are indices", name)
+                labels = []
+            elif labels and len(labels) == n_ch and n_ch > 2:
+                log.warning(
+                    "LSL stream %r: its %d channel labels (%s, ...) are read as electrode labels, indexed by each sample's "
+                    "first value; if they name the %d values of each sample, pass --source-opt channel_labels=fields",
+                    name, n_ch, ", ".join(repr(x) for x in labels[:3]), n_ch)
+        if labels:
+            if self.n_units_option is not None and self.n_units_option != len(labels):
+                log.warning("LSL stream %r labels %d electrodes; n_units=%d is ignored", name, len(labels), self.n_units_option)
             return labels, True, None
-        n = self.n_units_option or 0
-        return [str(i) for i in range(n)], False, None
+        if self.n_units_option is not None:
+            return [str(i) for i in range(self.n_units_option)], False, None
+        self.discovers_units = True
+        return [], False, None
+
+    def freeze_units(self) -> list[str]:
+        """Stop learning unit ids from the data (event streams without electrode labels or
+        ``n_units``): from now on an electrode index beyond :attr:`unit_ids` is an unknown channel.
+        Returns the unit ids: ``"0" .. str(max electrode seen)``."""
+        if self.discovers_units:
+            self.discovers_units = False
+            log.info("LSL source: %d unit ids from the data (electrodes 0..%d)", len(self.unit_ids), len(self.unit_ids) - 1)
+        return list(self.unit_ids)
 
     def _disconnect(self) -> None:
         if self._inlet is not None:
@@ -370,6 +466,7 @@ class LSLSource(SpikeSource):
     # -- acquisition ---------------------------------------------------------------------------
     def _acquire(self, timeout: float) -> SpikeBatch:
         now = pylsl.local_clock()
+        self._last_pull, last = now, self._last_pull
         if self._inlet is None:
             self._try_reconnect(now)
             if self._inlet is None:
@@ -379,9 +476,7 @@ class LSLSource(SpikeSource):
         try:
             if self._fresh:  # decode from the first pull on, not what queued up while the decoder got ready
                 self._fresh = False
-                self._inlet.flush()
-                self._since = now - self._tc
-                self._last_data = now
+                self._skip(now, last)
             data, ts = self._inlet.pull_chunk(timeout=timeout, max_samples=self.max_samples, min_samples=1, as_numpy=True)
             if self._since is not None and len(ts):
                 keep = np.asarray(ts) >= self._since
@@ -416,6 +511,26 @@ class LSLSource(SpikeSource):
             self._observe_delay(now - self._tc - float(finite.min()) if len(finite) else 0.0, now)
             batch.watermark = self._wm = max(self._wm, now - self._tc - self.watermark_lag())
         return batch
+
+    def skip_backlog(self, why: str) -> None:
+        """Start the next pull on fresh data, as the first one does: samples queued in the inlet until
+        then are dropped (counted in ``stale_dropped``) and one log line says how many and why. For a
+        caller that stopped reading for a while (e.g. online calibration: the unit identification,
+        building the decoder), so that decoding resumes in real time, not with a burst of stale chunks."""
+        self._fresh, self._fresh_why = True, why
+
+    def _skip(self, now: float, last: float | None) -> None:
+        """Drop the inlet's backlog (see :meth:`skip_backlog`); samples stamped before now that are still
+        in transit are dropped by the next pulls (``_since``)."""
+        flushed = int(self._inlet.flush() or 0)
+        self.stale_dropped += flushed
+        if self._fresh_why:
+            gap = "" if last is None else f" (not read for {now - last:.2f} s)"
+            log.info("LSL source: skipped %d queued samples%s while %s; decoding resumes on fresh data, in real time",
+                     flushed, gap, self._fresh_why)
+            self._fresh_why = ""
+        self._since = now - self._tc
+        self._last_data = now
 
     def _idle_watermark(self, now: float) -> float | None:
         if self.form != "events" or self._wm is None:
@@ -457,9 +572,12 @@ class LSLSource(SpikeSource):
         self._rate_t = now
 
     def _events(self, data: np.ndarray, ts: np.ndarray) -> SpikeBatch:
-        ch = np.asarray(data[:, 0], dtype=np.float64)
+        fe, fu = self._fields
+        ch = np.asarray(data[:, fe], dtype=np.float64)
+        if self.discovers_units:
+            self._discover(ch)
         if self._pair_table is not None:
-            un = np.asarray(data[:, 1], dtype=np.float64) if data.shape[1] > 1 else np.zeros(len(ch))
+            un = np.asarray(data[:, fu], dtype=np.float64) if fu is not None and data.shape[1] > fu else np.zeros(len(ch))
             t = self._pair_table
             ok = np.isfinite(ch) & np.isfinite(un) & (ch >= 0) & (un >= 0) & (ch < t.shape[0]) & (un < t.shape[1])
             ok &= (ch == np.floor(ch)) & (un == np.floor(un))
@@ -472,6 +590,12 @@ class LSLSource(SpikeSource):
             top = float(plausible.max())
             self._wm = top if self._wm is None else max(self._wm, top)
         return SpikeBatch(ch, times, self._wm)
+
+    def _discover(self, ch: np.ndarray) -> None:
+        """Grow :attr:`unit_ids` to cover the largest valid electrode index in ``ch``."""
+        ok = ch[np.isfinite(ch) & (ch >= 0) & (ch <= MAX_ELECTRODE) & (ch == np.floor(ch))]
+        if len(ok) and int(ok.max()) >= len(self.unit_ids):
+            self.unit_ids = [str(i) for i in range(int(ok.max()) + 1)]
 
     def _binned(self, data: np.ndarray, ts: np.ndarray) -> SpikeBatch:
         w = 1.0 / self.srate

@@ -4,7 +4,8 @@
    simulator's true velocity); nothing is decoded meanwhile.
 2. **Build** a :class:`~possm_plugin.session.Session` from them: the span both cover, shifted to start
    at 0, cut into pseudo-trials of ``trial_s`` seconds (the last 20 % validate), all of phase "other".
-   Unit ids are the stream's labels; a stream without labels gets ``<session_id>/<index>``.
+   Unit ids are the stream's labels; a stream without labels gets ``<session_id>/<index>``
+   (a source that learns its electrodes from the data keeps those seen while collecting: ``freeze_units``).
 3. **Unit identification** in a background thread, backbone frozen:
    :func:`possm_plugin.finetune.finetune` with ``mode="ui"`` adds the new unit and session ids to
    the vocabularies and trains only their embedding rows. Meanwhile the source is drained (its data
@@ -37,13 +38,13 @@ log = logging.getLogger("possm_plugin.calibration")
 def collect(source: SpikeSource, labels, seconds: float, *, stop_event: threading.Event | None = None, poll: float = 0.01):
     """Read ``seconds`` of spikes (``source.acquire``) and behaviour (``labels.acquire`` -> times,
     values). Returns ``(channels, times, label_times, label_values)``; invalid channels are dropped."""
-    n = len(source.unit_ids)
     chans, times, lt, lv = [], [], [], []
     t_end = time.monotonic() + float(seconds)
     last_log = time.monotonic()
     while time.monotonic() < t_end and not (stop_event is not None and stop_event.is_set()):
         b = source.acquire(timeout=poll)
         if len(b):
+            n = len(source.unit_ids)  # read per batch: a source may learn its units from the data
             c = np.asarray(b.channels, np.float64)
             ok = np.isfinite(c) & np.isfinite(b.times) & (c >= 0) & (c < n) & (c == np.floor(c))
             chans.append(c[ok].astype(np.int64))
@@ -143,6 +144,14 @@ def calibrate(model: POSSM, session: Session, *, epochs: int = 30, lr: float = 3
     return result
 
 
+def _freeze_units(source: SpikeSource) -> None:
+    """A source that learns its unit ids from the data (``discovers_units``, e.g. an LSL event stream
+    without electrode labels) keeps those seen while collecting: later ones are unknown channels."""
+    freeze = getattr(source, "freeze_units", None)
+    if getattr(source, "discovers_units", False) and callable(freeze):
+        freeze()
+
+
 def calibrate_online(
     model: POSSM,
     source: SpikeSource,
@@ -178,9 +187,11 @@ def calibrate_online(
             raise ConfigError(f"the labels stream has {len(names)} channels {names}; the model decodes {cfg.output_dim} ({cfg.output_names})")
         session_id = session_id or time.strftime("calib-%Y%m%d-%H%M%S")
         has_labels = getattr(source, "has_labels", True)
-        unit_ids = list(source.unit_ids) if has_labels else new_unit_ids(session_id, source.unit_ids)
-        log.info("calibration: collecting %g s of spikes (%d units) and behaviour; nothing is decoded meanwhile", seconds, len(unit_ids))
+        log.info("calibration: collecting %g s of spikes (%s) and behaviour; nothing is decoded meanwhile", seconds,
+                 "units from the data" if getattr(source, "discovers_units", False) else f"{len(source.unit_ids)} units")
         ch, t, lt, lv = collect(source, labels, seconds, stop_event=stop_event)
+        _freeze_units(source)
+        unit_ids = list(source.unit_ids) if has_labels else new_unit_ids(session_id, source.unit_ids)
         if stop_event is not None and stop_event.is_set():
             return model, session_id, unit_ids, {}
         session = build_session(session_id, unit_ids, ch, t, lt, lv, target_names=cfg.output_names, target_scale=cfg.target_scale)

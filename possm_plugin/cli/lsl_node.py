@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-width", type=float, default=None, help="chunk width in s (must match the checkpoint's)")
     p.add_argument("--chunk-step", type=float, default=None, help="chunk step in s (must match the checkpoint's)")
     p.add_argument("--resolve-timeout", type=float, default=5.0, help="seconds to wait for the inlet")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging level; liblsl's own INFO lines show only at DEBUG")
+    p.add_argument("--duration", type=float, default=None,
+                   help="stop after decoding this many seconds; with --calibrate counted from the end of calibration, "
+                        "when decoding starts (default: run until Ctrl-C)")
     p.add_argument("--telemetry", action="store_true", help="also publish <outlet>-telemetry (compute_ms, publish_ms, n_spikes, chunk_index per chunk)")
     p.add_argument("--source", default="lsl", help="registered source plugin (see `possm plugins`)")
     p.add_argument("--source-opt", action="append", default=[], metavar="KEY=VALUE", help="option of the source (repeatable)")
@@ -156,13 +159,14 @@ def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
             )
         log.info("mapping the stream's %d channels in order to session %r", len(sess_units), args.session)
         return sess_units, args.session
+    if args.calibrate:
+        return stream_units, None  # unit ids from the labels, n_units, or the electrodes seen while calibrating
     if not stream_units:
         raise ConfigError(
             "the stream names no units (no channel labels); pass --session ID to map its channels, in order, to a known "
-            f"session ({', '.join(known_sessions) or 'none'}), or --source-opt n_units=N with --calibrate"
+            f"session ({', '.join(known_sessions) or 'none'}), or calibrate with --calibrate SECONDS --labels NAME "
+            "(the units are then the electrodes seen while calibrating, or 0..N-1 with --source-opt n_units=N)"
         )
-    if args.calibrate:
-        return stream_units, None
     unknown = unknown_units(model, stream_units)
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -174,6 +178,15 @@ def _map_units(args, model, doc, source) -> tuple[list[str], str | None]:
             f"(known: {', '.join(known_sessions) or 'none'})"
         )
     return stream_units, pick_session(model, stream_units, doc.get("default_session")) or doc.get("default_session")
+
+
+def _skip_backlog(source, why: str) -> None:
+    """Decode from fresh data after a pause in reading (a source with ``skip_backlog``, e.g. LSL, drops
+    what queued meanwhile and logs it): otherwise the first pull brings seconds of queued spikes and the
+    decoder publishes a burst of stale predictions (chunk end -> publish up to the pause's length)."""
+    skip = getattr(source, "skip_backlog", None)
+    if callable(skip):
+        skip(why)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,7 +247,11 @@ def run(args: argparse.Namespace) -> int:
             sink_opts.setdefault("telemetry", args.telemetry)
             sink_opts.setdefault("meta", {"decoder": "possm", "session": session, "checkpoint": str(args.checkpoint or "default")})
         sink = _make("sink", args.sink, sink_opts)
-        log.info("decoding %d units as session %r on %s; chunks %g s every %g s", len(unit_ids), session, decoder.device, decoder.chunk_width, decoder.chunk_step)
+        log.info("decoding %d units as session %r on %s; chunks %g s every %g s%s", len(unit_ids), session, decoder.device,
+                 decoder.chunk_width, decoder.chunk_step,
+                 "" if args.duration is None else f"; for {args.duration:g} s" + (" from now (after calibration)" if calibration else ""))
+        if calibration is not None:
+            _skip_backlog(source, "calibrating and building the calibrated decoder")
         runner = DecoderRunner(source, decoder, [sink], duration=args.duration)
         summary = runner.run(handle_signals=True)
     finally:
@@ -254,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    from possm_plugin.adapters.lsl_log import set_liblsl_log_level
+
+    set_liblsl_log_level(args.log_level)  # before anything talks to liblsl
     try:
         return run(args)
     except PossmError as exc:
