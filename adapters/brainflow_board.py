@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from possm_plugin.errors import ConfigError, StreamError
-from possm_plugin.io import SpikeBatch, SpikeSource
 from possm_plugin.plugins.markers import hookimpl
+from possm_plugin.realtime.io import SpikeBatch, SpikeSource
 
 __all__ = ["ThresholdDetector", "BrainFlowSource", "resolve_board", "effective_band", "possm_register_sources", "MAX_SAMPLE"]
 

@@ -15,9 +15,9 @@ The node
    exits with status 1;
 3. reads ``input_stream`` from the entry after the newest one at start-up (as BRAND nodes read ``$``),
    turns every entry into spike events (:mod:`possm_plugin.adapters.redis_entries`, with the one
-   bins -> events conversion of :mod:`possm_plugin.binned_events`: a count in a bin is spread evenly
+   bins -> events conversion of :mod:`possm_plugin.realtime.binned_events`: a count in a bin is spread evenly
    over it, each event at the centre of its share) and decodes it with the one decode call,
-   :meth:`StreamingDecoder.decode <possm_plugin.streaming.StreamingDecoder.decode>`, entry by entry,
+   :meth:`StreamingDecoder.decode <possm_plugin.realtime.streaming.StreamingDecoder.decode>`, entry by entry,
    so the entry that completes a chunk (the 50th of a 50 ms chunk of 1 ms crossings) produces its
    prediction at once -- the same parser, batch and call as ``possm-lsl --source redis``;
 4. writes one entry per chunk to ``output_stream``: ``samples`` (float32 predictions, in the order of
@@ -55,7 +55,7 @@ counted, logged and treated as empty bins.
 
 Online calibration: for a session the checkpoint does not know, set ``calibrate_seconds`` and
 ``label_stream`` (``label_field``, float32 per entry, e.g. cursor velocity): the node collects that many
-seconds of spikes and labels, runs unit identification (:mod:`possm_plugin.calibration`) in the
+seconds of spikes and labels, runs unit identification (:mod:`possm_plugin.realtime.calibration`) in the
 background while it keeps reading (its input is not decoded meanwhile), then decodes from the next
 entry on.
 """
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 # the node's parts: parameters (brand_params), crash recovery (brand_resume), online calibration
 # (brand_calibration); the entry format and the output layout are redis_stream's, shared with possm-lsl
-
 import argparse
 import gc
 import json
@@ -85,6 +84,12 @@ from possm_plugin.adapters.brand_params import (
     read_node_parameters,
 )
 from possm_plugin.adapters.brand_resume import ResumeMixin
+from possm_plugin.adapters.redis_entries import (
+    EntryParser,
+    ParsedEntry,
+    batch_of,
+    prediction_entry,
+)
 from possm_plugin.adapters.redis_io import (
     RedisConnection,
     RedisOptions,
@@ -92,15 +97,9 @@ from possm_plugin.adapters.redis_io import (
     StreamReader,
     StreamWriter,
 )
-from possm_plugin.adapters.redis_entries import (
-    EntryParser,
-    ParsedEntry,
-    batch_of,
-    prediction_entry,
-)
 from possm_plugin.cli.formatter import HelpFormatter
 from possm_plugin.errors import ConfigError, PossmError, StreamError
-from possm_plugin.unit_map import (
+from possm_plugin.realtime.unit_map import (
     default_session,
     new_unit_ids,
     session_units,
@@ -173,9 +172,9 @@ class BrandNode(ResumeMixin, CalibrationMixin):
 
     def setup(self, params: NodeParameters | None = None) -> None:
         """Load the checkpoint and check everything against it (raises ConfigError/CheckpointError)."""
-        from possm_plugin.checkpoint import load_checkpoint
-        from possm_plugin.runtime import set_cpu_threads
-        from possm_plugin.streaming import StreamingDecoder
+        from possm_plugin.model.checkpoint import load_checkpoint
+        from possm_plugin.realtime.streaming import StreamingDecoder
+        from possm_plugin.realtime.threads import set_cpu_threads
 
         p = params or self.params or self.load_parameters()
         self.params = p
@@ -217,7 +216,7 @@ class BrandNode(ResumeMixin, CalibrationMixin):
                 raise ConfigError(f"n_channels={n} but unit_ids names {len(p.unit_ids)} units")
             if model.config.readout != "regression":
                 raise ConfigError(f"online calibration needs a regression checkpoint (this one is {model.config.readout!r})")
-            from possm_plugin.calibration import build_session, calibrate  # noqa: F401  (fail now if unavailable)
+            from possm_plugin.realtime.calibration import build_session, calibrate  # noqa: F401  (fail now if unavailable)
 
             self.session = session
             self.unit_ids = list(p.unit_ids) if p.unit_ids is not None else new_unit_ids(session, [f"ch{i:03d}" for i in range(n)])

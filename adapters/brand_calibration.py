@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from possm_plugin.adapters.redis_io import StreamReader
 from possm_plugin.adapters.redis_entries import ParsedEntry
+from possm_plugin.adapters.redis_io import StreamReader
 
 __all__ = ["CalibrationMixin"]
 
@@ -110,7 +110,7 @@ class CalibrationMixin:
         cfg = self.model.config
 
         def job() -> None:
-            from possm_plugin.calibration import build_session, calibrate
+            from possm_plugin.realtime.calibration import build_session, calibrate
 
             try:
                 session = build_session(
@@ -124,11 +124,11 @@ class CalibrationMixin:
         cal.thread.start()
 
     def _finish_calibration(self) -> None:
-        from possm_plugin.streaming import StreamingDecoder
+        from possm_plugin.realtime.streaming import StreamingDecoder
 
         metrics = self.calibration.result or {}  # unit identification extended self.model in place
         if self.params.calibrated_checkpoint:
-            from possm_plugin.checkpoint import save_checkpoint
+            from possm_plugin.model.checkpoint import save_checkpoint
 
             path = save_checkpoint(self.model, self.params.calibrated_checkpoint, default_session=self.session,
                                    meta={"calibration": {k: v for k, v in metrics.items() if k != "history"}})

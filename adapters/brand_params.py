@@ -16,7 +16,7 @@ from possm_plugin.errors import ConfigError
 __all__ = ["MIN_CALIBRATION_S", "SUPERGRAPH_STREAM", "NodeParameters", "read_node_parameters"]
 
 SUPERGRAPH_STREAM = "supergraph_stream"
-#: shortest online calibration: possm_plugin.calibration cuts 2 s pseudo-trials and needs 5 of them
+#: shortest online calibration: possm_plugin.realtime.calibration cuts 2 s pseudo-trials and needs 5 of them
 MIN_CALIBRATION_S = 11.0
 
 

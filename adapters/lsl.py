@@ -16,7 +16,7 @@ Input, two forms, decided from the stream's own metadata (``form="auto"``):
 * **binned counts** - regular rate: one channel per unit, int or float counts per bin. Unit ids are
   the channel labels. The timestamp of a sample marks the *end* of its bin (``bin_stamp="end"``, the
   moment the counts are complete; ``"start"`` is accepted too). Counts are turned into events spread
-  evenly inside the bin by :func:`possm_plugin.binned_events.binned_to_events` (the conversion every
+  evenly inside the bin by :func:`possm_plugin.realtime.binned_events.binned_to_events` (the conversion every
   source and the training importer share): ``k`` spikes of a bin ``[s, s + w)`` get the times
   ``s + (i + 0.5) w / k``, ``i = 0..k-1``. NaN, infinite, negative, non-whole or absurd
   (> ``max_count``, 1000) counts count as 0 (and are counted in ``bad_values``).
@@ -77,8 +77,8 @@ from pylsl.util import TimeoutError as LSLTimeoutError
 
 from possm_plugin.adapters.lsl_outlet import TELEMETRY_CHANNELS, LSLSink  # the outlet; its import path stays this module
 from possm_plugin.errors import ConfigError, StreamError
-from possm_plugin.io import SpikeBatch, SpikeSource
 from possm_plugin.plugins.markers import hookimpl
+from possm_plugin.realtime.io import SpikeBatch, SpikeSource
 
 __all__ = [
     "LSLSource",

@@ -13,7 +13,7 @@ import numpy as np
 import pylsl
 
 from possm_plugin.errors import ConfigError, StreamError
-from possm_plugin.io import Prediction, PredictionSink
+from possm_plugin.realtime.io import Prediction, PredictionSink
 
 __all__ = ["TELEMETRY_CHANNELS", "LSLSink"]
 

@@ -1,5 +1,5 @@
 """The Redis entry format: input entries -> spike events (:class:`EntryParser`), parsed entries -> one
-:class:`~possm_plugin.io.SpikeBatch` with their pass-through (:func:`batch_of`), predictions -> output
+:class:`~possm_plugin.realtime.io.SpikeBatch` with their pass-through (:func:`batch_of`), predictions -> output
 entries in BRAND's layout (:func:`prediction_entry`). Shared by ``possm-brand`` and the generic
 ``redis`` source and sink; the rules are in :mod:`possm_plugin.adapters.redis_stream`'s docstring.
 """
@@ -9,16 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from possm_plugin.adapters.redis_io import _as_float, _as_int, _RateLimited
-from possm_plugin.binned_events import binned_to_events
 from possm_plugin.errors import ConfigError
-from possm_plugin.io import Prediction, SpikeBatch
+from possm_plugin.realtime.binned_events import binned_to_events
+from possm_plugin.realtime.io import Prediction, SpikeBatch
 
 __all__ = [
     "CLOCKS",

@@ -7,7 +7,7 @@ Input entries (one Redis stream entry per bin) come in two kinds:
 - ``binned``: binned spike counts, field ``samples`` holding one ``int8``/``int16``/``float32`` count
   per channel per bin of ``bin_size_ms``.
 
-Both are turned into spike events by :func:`possm_plugin.binned_events.binned_to_events`, the
+Both are turned into spike events by :func:`possm_plugin.realtime.binned_events.binned_to_events`, the
 conversion every source and the training importer share: a count ``c`` on channel ``ch`` in the bin
 ``[t, t + w)`` becomes ``c`` events at ``t + (k + 0.5) * w / c`` for ``k = 0..c-1`` -- the count spread
 evenly over the bin, each event at the centre of its share (so a single 1 ms crossing sits at the
@@ -27,7 +27,7 @@ The clock (``clock``) says where ``t`` comes from:
 Malformed entries (missing field, wrong byte length, wrong dtype) are counted by reason and logged
 (rate-limited), never fatal; their bin still advances the clock and the watermark, as an empty bin,
 so the chunk grid stays aligned. Bad counts (NaN, negative, non-whole, above ``max_count``) are
-dropped one by one as everywhere (:mod:`possm_plugin.binned_events`); the entry's other counts are
+dropped one by one as everywhere (:mod:`possm_plugin.realtime.binned_events`); the entry's other counts are
 kept and the entry is counted under ``bad_values``.
 
 Connections (:class:`RedisConnection`) never retry inside redis-py: a failed command marks the link
@@ -56,11 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from possm_plugin.errors import ConfigError
-from possm_plugin.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
-from possm_plugin.plugins.markers import hookimpl
-
-from .redis_entries import (  # noqa: F401  (re-exported: the entry format, shared with possm-brand)
+from possm_plugin.adapters.redis_entries import (  # noqa: F401  (re-exported: the entry format, shared with possm-brand)
     CLOCKS,
     INPUT_DTYPES,
     KINDS,
@@ -72,7 +68,7 @@ from .redis_entries import (  # noqa: F401  (re-exported: the entry format, shar
     entry_fields,
     prediction_entry,
 )
-from .redis_io import (  # noqa: F401  (re-exported: this module was their home before the split)
+from possm_plugin.adapters.redis_io import (  # noqa: F401  (re-exported: this module was their home before the split)
     PASSWORD_ENV,
     Backoff,
     RedisConnection,
@@ -86,6 +82,9 @@ from .redis_io import (  # noqa: F401  (re-exported: this module was their home 
     _opt,
     _RateLimited,
 )
+from possm_plugin.errors import ConfigError
+from possm_plugin.plugins.markers import hookimpl
+from possm_plugin.realtime.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
 
 __all__ = [
     "RedisOptions",

@@ -13,7 +13,7 @@ Sections (the protocol; the docs/accuracy.md report repeats it):
    ``seed = 1000 + seed``: the seed draws the animal, the session and the initialisation). Trials are
    split in time: the first 64 % train, the next 16 % validate (best epoch / ridge penalty), the last
    20 % are the test trials that no model sees. Baselines (wiener, kalman, mlp, gru_binned, poyo) and
-   POSSM (small preset; gru, s4d, mamba backbones; trained by ``possm_plugin.train.fit``) are scored
+   POSSM (small preset; gru, s4d, mamba backbones; trained by ``possm_plugin.training.train.fit``) are scored
    by R2 (mean of vx and vy) on the chunks of the test trials, all on the same 50 ms chunk grid and
    the same chunks. Every decoder runs over the whole session as a live decoder would (POSSM and the
    GRU from a fresh state at 0 s, carrying their state; Wiener/MLP/Kalman on lagged bins; POYO
@@ -69,7 +69,6 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own 
 
 import accuracy_lib as lib  # noqa: E402
 import accuracy_report as report  # noqa: E402
-from bench_util import run_jobs  # noqa: E402
 from accuracy_lib import (  # noqa: E402
     DATA_CANDIDATES,
     DATA_NAME,
@@ -80,8 +79,8 @@ from accuracy_lib import (  # noqa: E402
     adapt_possm,
     chewie,
     find_real_data,
-    fit_baseline,
     first_trials,
+    fit_baseline,
     model_spec,
     motor_session,
     r2_baseline,
@@ -91,6 +90,7 @@ from accuracy_lib import (  # noqa: E402
     split_counts,
     train_possm,
 )
+from bench_util import run_jobs  # noqa: E402
 
 BASELINES = ("wiener", "kalman", "mlp", "gru_binned", "poyo")
 BACKBONES = ("gru", "s4d", "mamba")
@@ -220,7 +220,7 @@ SUITES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 # jobs (each runs in a worker process; plain arguments in, a JSON-able dict out)
 # =================================================================================================
 def job_single(suite: Suite, model_name: str, seed: int) -> dict:
-    from possm_plugin.binning import TrialSubset
+    from possm_plugin.baselines.binning import TrialSubset
 
     s = motor_session(1000 + seed, "m0", 0, suite.ss_duration_s)
     n_tv, n_test = split_counts(len(s.trials))
@@ -242,7 +242,7 @@ def heldout_session(suite: Suite, subject: str, index: int):
 
 
 def job_pretrain(suite: Suite, out_dir: str) -> dict:
-    from possm_plugin.checkpoint import save_checkpoint
+    from possm_plugin.model.checkpoint import save_checkpoint
 
     sessions = [motor_session(0, "m0", i, suite.pretrain_duration_s) for i in range(suite.pretrain_sessions)]
     model, info = train_possm(suite, model_spec(suite, "gru", suite.pretrain_model), sessions, seed=0,
@@ -259,7 +259,7 @@ def job_pretrain(suite: Suite, out_dir: str) -> dict:
 
 def job_transfer(suite: Suite, group: str, subject: str, index: int, method: str, fraction: float,
                  checkpoint: str | None) -> dict:
-    from possm_plugin.binning import TrialSubset
+    from possm_plugin.baselines.binning import TrialSubset
 
     s = heldout_session(suite, subject, index)
     n_tv, n_test = split_counts(len(s.trials))
@@ -284,8 +284,8 @@ def job_transfer(suite: Suite, group: str, subject: str, index: int, method: str
 
 
 def job_sequence(suite: Suite, task: str, model_name: str) -> dict:
-    from possm_plugin.data import prepare_sessions
-    from possm_plugin.evaluate import evaluate_prepared
+    from possm_plugin.data.prepared import prepare_sessions
+    from possm_plugin.training.evaluate import evaluate_prepared
 
     s = seq_session(task, 0, suite.cls_duration_s if task == "classification" else suite.ctc_duration_s)
     n_tv, n_test = split_counts(len(s.trials))
@@ -304,7 +304,7 @@ def job_sequence(suite: Suite, task: str, model_name: str) -> dict:
 
 
 def job_real(suite: Suite, path: str, split: int, model_name: str, checkpoint: str | None) -> dict:
-    from possm_plugin.binning import TrialSubset
+    from possm_plugin.baselines.binning import TrialSubset
 
     train, test = real_split(path, split)
     bin_s = float(chewie(path).meta["import"]["bin_s"])

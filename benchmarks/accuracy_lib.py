@@ -92,7 +92,7 @@ def find_real_data(explicit: str | None = None) -> Path | None:
 
 @functools.lru_cache(maxsize=2)
 def chewie(path: str):
-    from possm_plugin.importers.binned import load_chewie
+    from possm_plugin.data.importers.binned import load_chewie
 
     return load_chewie(path, placement="uniform", seed=0)
 
@@ -100,7 +100,7 @@ def chewie(path: str):
 def real_split(path: str, split: int):
     """(train session, test session) of split ``split`` of the Chewie session: the 5 disjoint test
     folds of the shuffled trials (seed 0), each 20 %; a suite uses the first ``real_splits``."""
-    from possm_plugin.binning import kfold_trials
+    from possm_plugin.baselines.binning import kfold_trials
 
     s = chewie(path)
     fold = kfold_trials(len(s.trials), 5, seed=0)[split]
@@ -113,14 +113,14 @@ def real_split(path: str, split: int):
 def possm_predict(model, session, n_chunks: int | None = None) -> np.ndarray:
     """POSSM outputs (physical units) for chunks 0..n-1 of the session's grid, decoded as one stream
     from a fresh state at 0 s (``recipe.predict_session``)."""
-    from possm_plugin.recipe import predict_session
+    from possm_plugin.training.recipe import predict_session
 
     return predict_session(model, session, n_chunks)
 
 
 def eval_grid(session, trials: np.ndarray, width: float):
     """Targets and chunk ends of the scored chunks: those of ``trials`` on the ``width`` grid."""
-    from possm_plugin.binning import bin_session
+    from possm_plugin.baselines.binning import bin_session
 
     b = bin_session(session, width=width, step=width)
     m = b.mask(trials)
@@ -130,7 +130,7 @@ def eval_grid(session, trials: np.ndarray, width: float):
 def r2_possm(model, session, trials: np.ndarray, *, grid: float = 0.05) -> float:
     """R2 (mean over outputs) of POSSM on the chunks of ``trials`` of the ``grid`` bins: POSSM's
     output at the chunk that ends where each scored bin ends."""
-    from possm_plugin.metrics import r2_mean
+    from possm_plugin.training.metrics import r2_mean
 
     y, ends = eval_grid(session, trials, grid)
     step = model.config.chunk_step
@@ -144,8 +144,8 @@ def r2_possm(model, session, trials: np.ndarray, *, grid: float = 0.05) -> float
 
 
 def r2_baseline(dec, session, trials: np.ndarray) -> float:
-    from possm_plugin.binning import TrialSubset
-    from possm_plugin.metrics import r2_mean
+    from possm_plugin.baselines.binning import TrialSubset
+    from possm_plugin.training.metrics import r2_mean
 
     if dec.name == "poyo":  # a window decoder: predicting only the scored chunks is the same, and faster
         part = dec._parts([TrialSubset(session, trials)])[0]
@@ -174,7 +174,7 @@ def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_sess
     the test trials, as the baselines are trained, so it weights all phases alike; the recipe's
     reach x5 / hold x0.1 aims at reach-period R2); unit dropout only in multi-session pretraining (on
     one session it slowed convergence: -0.02 R2 at the quick budget on development seeds 100 and 101)."""
-    from possm_plugin.train import TrainConfig
+    from possm_plugin.training.train import TrainConfig
 
     cfg = TrainConfig(batch_size=batch_size or suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
                       valid_fraction=VALID_FRACTION, device=DEVICE)
@@ -185,7 +185,7 @@ def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_sess
 
 def steps_per_epoch(model, sessions, cfg) -> int:
     """Optimiser steps of one epoch of ``fit`` on ``sessions`` (the windows its sampler draws)."""
-    from possm_plugin.data import WindowSampler, prepare_sessions
+    from possm_plugin.data.prepared import WindowSampler, prepare_sessions
 
     prepared = prepare_sessions(model, sessions, valid_fraction=cfg.valid_fraction)
     sampler = WindowSampler(prepared, readout=model.config.readout, window_chunks=cfg.window_chunks,
@@ -201,7 +201,7 @@ def train_possm(suite: Suite, spec: dict, sessions, *, seed: int, steps: int, lr
                 batch_size: int | None = None):
     """A fresh POSSM fit on ``sessions`` (valid: the last 20 % of their listed trials) for about
     ``steps`` optimiser steps of ``batch_size`` (default ``suite.batch_size``) windows."""
-    from possm_plugin.train import build_model, fit
+    from possm_plugin.training.train import build_model, fit
 
     _seed_all(seed)
     model = build_model(spec, sessions, seed=seed)
@@ -214,8 +214,8 @@ def train_possm(suite: Suite, spec: dict, sessions, *, seed: int, steps: int, lr
 
 def adapt_possm(suite: Suite, checkpoint: str, sessions, *, mode: str, seed: int, steps: int):
     """The pretrained model adapted to ``sessions`` by UI or FT (``finetune``)."""
-    from possm_plugin.checkpoint import load_checkpoint
-    from possm_plugin.finetune import add_sessions, finetune
+    from possm_plugin.model.checkpoint import load_checkpoint
+    from possm_plugin.training.finetune import add_sessions, finetune
 
     _seed_all(seed)
     model, _ = load_checkpoint(checkpoint)
@@ -227,7 +227,7 @@ def adapt_possm(suite: Suite, checkpoint: str, sessions, *, mode: str, seed: int
         epochs = max(2, epochs)
     res = finetune(model, sessions, mode=mode, epochs=epochs, ui_epochs=None if mode == "ui" else max(1, epochs // 2),
                    lr=suite.ui_lr, ft_lr=suite.lr / 10, batch_size=suite.batch_size, seed=seed, train_config=cfg)
-    from possm_plugin.train import primary_metric
+    from possm_plugin.training.train import primary_metric
 
     scores = [primary_metric(h["valid"]) for h in res["history"]]  # UI epochs, then FT's
     info = {"epochs": epochs, "best_epoch": int(np.nanargmax(scores)) if np.isfinite(scores).any() else -1,
@@ -279,7 +279,7 @@ class SeqGRU:
         self.readout, self.n_classes, self.hidden, self.dropout, self.width = readout, n_classes, hidden, dropout, width
 
     def _trials(self, session, trials):
-        from possm_plugin.binning import bin_session
+        from possm_plugin.baselines.binning import bin_session
 
         b = bin_session(session, width=self.width, step=self.width)
         first = int(round(b.starts[0] / self.width))
@@ -343,7 +343,7 @@ class SeqGRU:
         """Accuracy (classification) or token error rate (CTC) on ``trials``."""
         import torch
 
-        from possm_plugin.metrics import ctc_greedy_decode, token_error_rate
+        from possm_plugin.training.metrics import ctc_greedy_decode, token_error_rate
 
         _, items = self._trials(session, trials)
         self.net.eval()

@@ -93,7 +93,7 @@ def plot(out: dict, png: Path) -> None:
         fr = [float(f) for f in d]
         c, s = style.get(m, ("k", "o-"))
         ax.plot(fr, list(d.values()), s, color=c, label=m, lw=2)
-        for g, gd in out["transfer_by_group"].items():
+        for _g, gd in out["transfer_by_group"].items():
             ax.plot(fr, list(gd[m].values()), s, color=c, alpha=0.3, lw=1)
     ax.set_xscale("log")
     ticks = [float(f) for f in next(iter(out["transfer"].values()))]

@@ -81,7 +81,7 @@ def start_redis(port: int, workdir: Path, prefix: list[str], unixsocket: str | N
 
 def make_checkpoint(kind: str, n_units: int, workdir: Path) -> tuple[str | None, int, str]:
     """(checkpoint path or None for the bundled one, number of channels, what the model is)."""
-    from possm_plugin.checkpoint import default_checkpoint, read_checkpoint_config, save_checkpoint
+    from possm_plugin.model.checkpoint import default_checkpoint, read_checkpoint_config, save_checkpoint
 
     if kind == "default":
         if default_checkpoint().is_file():
@@ -91,8 +91,8 @@ def make_checkpoint(kind: str, n_units: int, workdir: Path) -> tuple[str | None,
         kind = "small"
     import torch
 
-    from possm_plugin.config import preset
-    from possm_plugin.model import POSSM
+    from possm_plugin.model.config import preset
+    from possm_plugin.model.possm import POSSM
 
     torch.manual_seed(0)
     units = [f"bench/u{i:03d}" for i in range(n_units)]

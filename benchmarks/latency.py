@@ -6,7 +6,7 @@
     python benchmarks/latency.py --profile  # also: where the step time goes (small GRU, 96 units)
 
 1. ``chunk_compute_ms``: for each backbone (gru, s4d, mamba) and size (small, opossm via
-   ``possm_plugin.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
+   ``possm_plugin.model.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
    one StreamingDecoder step (batch 1, 50 ms chunks): the model call as the decoder times it (the
    step and its outputs back), p50 and p99 over the timed chunks. ``--engines`` (default
    ``numba,torch``) times each engine on the same model and spikes in the same run: the first is the
@@ -74,8 +74,8 @@ PREWARM = 0.0015  # possm-lsl's and possm-brand's default
 def make_model(size: str, backbone: str, n_units: int):
     import torch
 
-    from possm_plugin.config import preset
-    from possm_plugin.model import POSSM
+    from possm_plugin.model.config import preset
+    from possm_plugin.model.possm import POSSM
 
     torch.manual_seed(0)
     units = [f"bench/u{i:04d}" for i in range(n_units)]
@@ -99,7 +99,7 @@ ENGINE_LABEL = {"numba": "NumbaEngine", "torch": "TorchEngine", "reference": "mo
 
 
 def _decoder(model, engine: str, device: str, prewarm: float | None = None):
-    from possm_plugin.streaming import StreamingDecoder
+    from possm_plugin.realtime.streaming import StreamingDecoder
 
     if engine == "reference":
         return StreamingDecoder(model, device=device, fast=False, prewarm=prewarm, t0=0.0)
@@ -152,8 +152,8 @@ def profile_step(size: str = "small", backbone: str = "gru", n_units: int = 96, 
     import torch
 
     from possm_plugin.engines import build_engine
-    from possm_plugin.streaming import StreamingDecoder
-    from possm_plugin.tokenize import tokenize_one
+    from possm_plugin.model.tokenize import tokenize_one
+    from possm_plugin.realtime.streaming import StreamingDecoder
 
     model = make_model(size, backbone, n_units)
     ch, t = poisson(n_units, n + 20)
@@ -268,8 +268,8 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
               node_args: tuple[str, ...] = (), form: str = "events") -> dict:
     import pylsl
 
-    from possm_plugin.checkpoint import save_checkpoint
-    from possm_plugin.demo import end_to_end_latency
+    from possm_plugin.model.checkpoint import save_checkpoint
+    from possm_plugin.realtime.demo import end_to_end_latency
 
     tmp = Path(tempfile.mkdtemp(prefix="possm-bench-"))
     cfg = tmp / "lsl_api.cfg"
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from possm_plugin.runtime import set_cpu_threads
+    from possm_plugin.realtime.threads import set_cpu_threads
 
     engines = ("reference",) if args.reference else tuple(e for e in args.engines.split(",") if e)
     if not engines or any(e not in ENGINES for e in engines):

@@ -20,7 +20,7 @@ Protocol (docs/real-data.md repeats it):
   the last 20 % of its training trials (in recording order), never on the test fold; the baselines get
   them as ``valid``, POSSM's recipe splits its training session the same way itself.
 * Single session: Wiener (3 lags of the bins, refit on train + valid after choosing its penalty),
-  Kalman, MLP, binned GRU, and POSSM trained by ``possm_plugin.recipe.train_recipe`` (the recipe
+  Kalman, MLP, binned GRU, and POSSM trained by ``possm_plugin.training.recipe.train_recipe`` (the recipe
   ``possm train`` uses). Score: R2 (mean over the outputs, e.g. vx and vy) on the bins of the test
   fold; POSSM's output is taken at the chunk that ends where each bin ends.
 * Transfer: for each session, POSSM is pretrained on all the *other* sessions (``train_recipe``), once.
@@ -56,15 +56,14 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_report as report  # noqa: E402
-from bench_util import run_jobs  # noqa: E402
 from accuracy import Suite, _init_worker  # noqa: E402
-from accuracy_lib import REPO, TINY_BACKBONE, TINY_MODEL, VALID_FRACTION, _log, cut_trials, eval_grid  # noqa: E402
-from accuracy_lib import fit_baseline, r2_baseline  # noqa: E402
+from accuracy_lib import REPO, TINY_BACKBONE, TINY_MODEL, VALID_FRACTION, _log, cut_trials, eval_grid, fit_baseline, r2_baseline  # noqa: E402  # noqa: E402
+from bench_util import run_jobs  # noqa: E402
 
-from possm_plugin.binning import TrialSubset, kfold_trials  # noqa: E402
-from possm_plugin.importers.binned import bundled_sessions  # noqa: E402
-from possm_plugin.recipe import BUDGETS as RECIPE_STEPS  # noqa: E402
-from possm_plugin.recipe import adapt_recipe, predict_session, train_recipe  # noqa: E402
+from possm_plugin.baselines.binning import TrialSubset, kfold_trials  # noqa: E402
+from possm_plugin.data.importers.binned import bundled_sessions  # noqa: E402
+from possm_plugin.training.recipe import BUDGETS as RECIPE_STEPS  # noqa: E402
+from possm_plugin.training.recipe import adapt_recipe, predict_session, train_recipe  # noqa: E402
 
 MODELS = ("wiener", "kalman", "mlp", "gru_binned", "possm")
 METHODS = ("ui", "ft", "scratch", "wiener")
@@ -79,7 +78,7 @@ DEFAULT_GRID_S = 0.1  # scoring bins of sessions that carry no bin width of thei
 # =================================================================================================
 @dataclass(frozen=True)
 class Budget:
-    """Sizes of one benchmark mode. ``recipe`` is the budget name given to ``possm_plugin.recipe``;
+    """Sizes of one benchmark mode. ``recipe`` is the budget name given to ``possm_plugin.training.recipe``;
     ``transfer_folds`` the number of folds (the first ones) the transfer section runs."""
 
     name: str
@@ -116,8 +115,8 @@ BUDGETS = {b.name: b for b in (DEFAULT, QUICK, SMOKE)}
 def load_data(source: str | None, max_trials: int | None = None) -> tuple:
     """The sessions of ``source`` (a folder of session files; None: the bundled recordings), each cut
     to its first ``max_trials`` trials if given (tests)."""
+    from possm_plugin.data.session import load_sessions
     from possm_plugin.errors import DataError
-    from possm_plugin.session import load_sessions
 
     sessions = bundled_sessions() if source is None else load_sessions(source)
     ids = [s.session_id for s in sessions]
@@ -178,7 +177,7 @@ def cut(session, trials: np.ndarray, *, fold: int, role: str):
 def r2_recipe(model, session) -> float:
     """R2 (mean over outputs) of POSSM on every bin of ``session`` (``grid_s``): its output at the chunk
     that ends where each bin ends, decoded as one stream by ``recipe.predict_session``."""
-    from possm_plugin.metrics import r2_mean
+    from possm_plugin.training.metrics import r2_mean
 
     y, ends = eval_grid(session, np.arange(len(session.trials)), grid_s(session))
     step = model.config.chunk_step
@@ -222,7 +221,7 @@ def job_single(budget: Budget, source: str | None, max_trials: int | None, sid: 
 
 def job_pretrain(budget: Budget, source: str | None, max_trials: int | None, sid: str, workdir: str) -> dict:
     """POSSM pretrained on every session but ``sid`` (all their trials), saved as a checkpoint."""
-    from possm_plugin.checkpoint import save_checkpoint
+    from possm_plugin.model.checkpoint import save_checkpoint
 
     others = [s for s in load_data(source, max_trials) if s.session_id != sid]
     model, info = train_recipe(list(others), seed=0, budget=budget.recipe, model_spec=budget.model_spec())
@@ -232,7 +231,7 @@ def job_pretrain(budget: Budget, source: str | None, max_trials: int | None, sid
 
 @functools.lru_cache(maxsize=4)
 def _pretrained(checkpoint: str):
-    from possm_plugin.checkpoint import load_checkpoint
+    from possm_plugin.model.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint)[0]
 

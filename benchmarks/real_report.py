@@ -140,7 +140,7 @@ def report_markdown(out: dict, png_name: str, json_name: str, old: str | None) -
         "- **Selection**: everything a model chooses (ridge penalty, best epoch, ...) is chosen on the last 20 % of its "
         "training trials in recording order, never on the test fold.",
         "- **Single session**: Wiener filter (3 lags, refit on train + valid after choosing its penalty), Kalman filter, MLP, "
-        "binned GRU, and POSSM trained by `possm_plugin.recipe.train_recipe` (the recipe of `possm train`). Score: R2, mean "
+        "binned GRU, and POSSM trained by `possm_plugin.training.recipe.train_recipe` (the recipe of `possm train`). Score: R2, mean "
         "over vx and vy, on every bin of the test fold; POSSM's output is taken at the chunk that ends where each bin ends.",
         "- **Transfer**: for each session POSSM is pretrained once on all the *other* sessions. Per fold and fraction of the "
         "fold's training trials (the first ones, in recording order): `ui` (unit identification: only the new unit and "

@@ -65,9 +65,9 @@ def load_model(checkpoint: str | None, n_units: int):
     """(model, session, unit_ids, description)."""
     import torch
 
-    from possm_plugin.checkpoint import default_checkpoint, load_checkpoint
-    from possm_plugin.config import preset
-    from possm_plugin.model import POSSM
+    from possm_plugin.model.checkpoint import default_checkpoint, load_checkpoint
+    from possm_plugin.model.config import preset
+    from possm_plugin.model.possm import POSSM
 
     path = Path(checkpoint) if checkpoint else default_checkpoint()
     if checkpoint or path.is_file():
@@ -83,11 +83,11 @@ def load_model(checkpoint: str | None, n_units: int):
 
 def run_once(model, session: str, unit_ids: list[str], *, n_streams: int, duration: float, rate: float, tick: float,
              deadline_ms: float, settle: float, seed: int, device: str) -> dict:
+    import gc
+
     import torch
 
-    from possm_plugin.streaming import StreamingDecoder
-
-    import gc
+    from possm_plugin.realtime.streaming import StreamingDecoder
 
     gc.collect()
     malloc_trim()  # start each run from a compact heap
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from possm_plugin.runtime import set_cpu_threads
+    from possm_plugin.realtime.threads import set_cpu_threads
 
     set_cpu_threads(args.threads)  # torch and BLAS
     duration = args.duration if args.duration is not None else (10.0 if args.quick else 60.0)

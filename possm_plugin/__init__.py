@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
-from .config import ModelConfig, preset
-from .errors import CheckpointError, ConfigError, DataError, PluginError, PossmError, StreamError, UnknownUnitError
-from .io import Prediction, PredictionSink, SpikeBatch, SpikeSource
-from .model import POSSM
-from .plugins.markers import hookimpl, hookspec
-from .session import Session, load_sessions
-from .streaming import DecoderStats, StreamingDecoder
-from .tokenize import Chunks, chunk_starts, collate, tokenize
-from .vocab import Vocabulary
+from possm_plugin.data.session import Session, load_sessions
+from possm_plugin.errors import CheckpointError, ConfigError, DataError, PluginError, PossmError, StreamError, UnknownUnitError
+from possm_plugin.model.checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
+from possm_plugin.model.config import ModelConfig, preset
+from possm_plugin.model.possm import POSSM
+from possm_plugin.model.tokenize import Chunks, chunk_starts, collate, tokenize
+from possm_plugin.model.vocab import Vocabulary
+from possm_plugin.plugins.markers import hookimpl, hookspec
+from possm_plugin.realtime.io import Prediction, PredictionSink, SpikeBatch, SpikeSource
+from possm_plugin.realtime.streaming import DecoderStats, StreamingDecoder
 
 try:
     __version__ = version("possm-plugin")

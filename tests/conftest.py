@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from possm_plugin.checkpoint import save_checkpoint
-from possm_plugin.config import ModelConfig, preset
-from possm_plugin.model import POSSM
+from possm_plugin.model.checkpoint import save_checkpoint
+from possm_plugin.model.config import ModelConfig, preset
+from possm_plugin.model.possm import POSSM
 
 # keep tests deterministic and light on the 2-core machine
 torch.set_num_threads(1)

@@ -46,7 +46,7 @@ def start(args: list[str], **kw) -> subprocess.Popen:
 
 def start_sim(name: str, *, form: str = "events", duration: float = 20.0, labels_name: str = "", extra: list[str] = (), source_id: str | None = None) -> subprocess.Popen:
     """The simulated motor session 0 (seed 0, m0) streamed over LSL from another process."""
-    args = ["-m", "possm_plugin.sim_lsl", "--name", name, "--form", form, "--duration", str(duration),
+    args = ["-m", "possm_plugin.sim.lsl", "--name", name, "--form", form, "--duration", str(duration),
             "--offset", "0", "--segment", "10", "--labels-name", labels_name, *extra]
     if source_id:
         args += ["--source-id", source_id]

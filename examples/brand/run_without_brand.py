@@ -61,7 +61,7 @@ def supergraph(graph: dict, overrides: dict, port: int) -> dict:
 
 def crossings_source(checkpoint: str | None, seconds: float, seed: int):
     """(unit count, (T, U) int8 crossings per ms, true velocity per ms or None)."""
-    from possm_plugin.checkpoint import read_checkpoint_config
+    from possm_plugin.model.checkpoint import read_checkpoint_config
 
     doc = read_checkpoint_config(checkpoint)
     session = doc.get("default_session") or doc["session_ids"][0]

@@ -1,8 +1,8 @@
 """Baseline decoders that POSSM is compared against, all on the same binned data path and metrics.
 
 Every baseline is a :class:`BinnedDecoder`: ``fit(train, valid=None, *, ...)`` on sessions or
-:class:`~possm_plugin.binning.TrialSubset` objects (learning only from the chunks of those trials),
-``predict(session) -> (T, C)`` on the session's chunk grid (:func:`possm_plugin.binning.session_grid`,
+:class:`~possm_plugin.baselines.binning.TrialSubset` objects (learning only from the chunks of those trials),
+``predict(session) -> (T, C)`` on the session's chunk grid (:func:`possm_plugin.baselines.binning.session_grid`,
 in physical units), and ``r2(data)`` / ``r2_mean(data)`` on the chunks of the given trials.
 
 =================  ====================================================================  ==========
@@ -18,12 +18,12 @@ name               model                                                        
 
 from __future__ import annotations
 
-from .base import BinnedDecoder
-from .gru_binned import GRUDecoder
-from .kalman import KalmanFilter
-from .mlp import MLPDecoder
-from .poyo import POYO, POYODecoder, POYOStream
-from .wiener import WienerFilter
+from possm_plugin.baselines.base import BinnedDecoder
+from possm_plugin.baselines.gru_binned import GRUDecoder
+from possm_plugin.baselines.kalman import KalmanFilter
+from possm_plugin.baselines.mlp import MLPDecoder
+from possm_plugin.baselines.poyo import POYO, POYODecoder, POYOStream
+from possm_plugin.baselines.wiener import WienerFilter
 
 __all__ = [
     "BinnedDecoder",
@@ -50,7 +50,7 @@ BASELINES: dict[str, type[BinnedDecoder]] = {
 
 def make_baseline(name: str, **kwargs) -> BinnedDecoder:
     """A new, unfitted baseline by name (``kwargs`` go to its constructor)."""
-    from ..errors import ConfigError
+    from possm_plugin.errors import ConfigError
 
     try:
         cls = BASELINES[name]

@@ -1,7 +1,7 @@
 """What every baseline shares: the binned data path, the fit/predict/r2 interface, a torch training loop.
 
-A baseline is fit on :class:`~possm_plugin.binning.TrialSubset` objects (or whole sessions), sees each
-session through :func:`~possm_plugin.binning.bin_session` (the POSSM chunk grid), learns on the chunks
+A baseline is fit on :class:`~possm_plugin.baselines.binning.TrialSubset` objects (or whole sessions), sees each
+session through :func:`~possm_plugin.baselines.binning.bin_session` (the POSSM chunk grid), learns on the chunks
 of the given trials only, and predicts every chunk of a session's grid. Baselines are single-session
 decoders: every session they see must record the same unit ids (in any order).
 
@@ -16,10 +16,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..binning import DEFAULT_STEP, DEFAULT_WIDTH, BinnedSession, TrialSubset, as_subsets, bin_session
-from ..errors import ConfigError, DataError
-from ..metrics import r2_score
-from ..session import Session
+from possm_plugin.baselines.binning import DEFAULT_STEP, DEFAULT_WIDTH, BinnedSession, TrialSubset, as_subsets, bin_session
+from possm_plugin.data.session import Session
+from possm_plugin.errors import ConfigError, DataError
+from possm_plugin.training.metrics import r2_score
 
 __all__ = ["BinnedDecoder", "Part", "holdout_parts", "feature_stats", "train_torch"]
 
@@ -129,7 +129,7 @@ class BinnedDecoder:
         """Fit on the chunks of the training trials.
 
         Args:
-            train: Session(s) (all their trials) or :class:`~possm_plugin.binning.TrialSubset` (s).
+            train: Session(s) (all their trials) or :class:`~possm_plugin.baselines.binning.TrialSubset` (s).
             valid: held-out trials for choosing hyperparameters / the best epoch (optional).
             kwargs: the subclass's training options (``epochs``, ``seed``, ...).
 
@@ -156,7 +156,7 @@ class BinnedDecoder:
     def predict(self, session: Session) -> np.ndarray:
         """Predictions for every chunk of ``session``'s grid -> (T, C) float32 in physical units.
 
-        The grid is :func:`~possm_plugin.binning.session_grid` (same as :func:`bin_session`).
+        The grid is :func:`~possm_plugin.baselines.binning.session_grid` (same as :func:`bin_session`).
         """
         self._check_fitted()
         part = self._parts([TrialSubset.all(session)])[0]

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..binning import DEFAULT_STEP, DEFAULT_WIDTH
-from ..errors import ConfigError
-from ..metrics import r2_score
-from .base import BinnedDecoder, Part, feature_stats, train_torch
+from possm_plugin.baselines.base import BinnedDecoder, Part, feature_stats, train_torch
+from possm_plugin.baselines.binning import DEFAULT_STEP, DEFAULT_WIDTH
+from possm_plugin.errors import ConfigError
+from possm_plugin.training.metrics import r2_score
 
 __all__ = ["GRUDecoder", "BinnedGRU"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..binning import DEFAULT_STEP, DEFAULT_WIDTH, lagged
-from ..errors import ConfigError
-from .base import BinnedDecoder, Part
+from possm_plugin.baselines.base import BinnedDecoder, Part
+from possm_plugin.baselines.binning import DEFAULT_STEP, DEFAULT_WIDTH, lagged
+from possm_plugin.errors import ConfigError
 
 __all__ = ["KalmanFilter"]
 

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..binning import DEFAULT_STEP, DEFAULT_WIDTH, TrialSubset
-from ..errors import ConfigError, DataError
-from ..metrics import r2_score
-from ..nn import FeedForward, RotaryCrossAttention, RotaryTimeEmbedding
-from ..session import Session
-from .base import BinnedDecoder, Part, train_torch
+from possm_plugin.baselines.base import BinnedDecoder, Part, train_torch
+from possm_plugin.baselines.binning import DEFAULT_STEP, DEFAULT_WIDTH, TrialSubset
+from possm_plugin.data.session import Session
+from possm_plugin.errors import ConfigError, DataError
+from possm_plugin.model.nn import FeedForward, RotaryCrossAttention, RotaryTimeEmbedding
+from possm_plugin.training.metrics import r2_score
 
 __all__ = ["POYO", "POYODecoder", "POYOStream", "window_tokens"]
 

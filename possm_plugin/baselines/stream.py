@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
-from .base import BinnedDecoder
-from .kalman import KalmanFilter
-from .wiener import WienerFilter
+from possm_plugin.baselines.base import BinnedDecoder
+from possm_plugin.baselines.kalman import KalmanFilter
+from possm_plugin.baselines.wiener import WienerFilter
+from possm_plugin.errors import ConfigError
 
 __all__ = ["WienerStream", "KalmanStream", "stream_baseline"]
 

@@ -1,7 +1,7 @@
 """Wiener filter: ridge regression of the targets on the last L chunks' counts (closed form, numpy).
 
 The workhorse linear decoder of clinical BCIs. Features are the counts of every unit in the current
-chunk and the L-1 before it (:func:`possm_plugin.binning.lagged`), centred; the intercept is not
+chunk and the L-1 before it (:func:`possm_plugin.baselines.binning.lagged`), centred; the intercept is not
 penalised. The ridge penalty is chosen from a grid on validation trials (the given ``valid`` data, or
 else the last 20% of the training trials); the filter is then refit at that penalty on all the trials it
 was given (training and validation).
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..binning import DEFAULT_STEP, DEFAULT_WIDTH, lagged
-from ..errors import ConfigError
-from ..metrics import r2_score
-from .base import BinnedDecoder, Part, holdout_parts
+from possm_plugin.baselines.base import BinnedDecoder, Part, holdout_parts
+from possm_plugin.baselines.binning import DEFAULT_STEP, DEFAULT_WIDTH, lagged
+from possm_plugin.errors import ConfigError
+from possm_plugin.training.metrics import r2_score
 
 __all__ = ["WienerFilter", "DEFAULT_LAMBDAS"]
 

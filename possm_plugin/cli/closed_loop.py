@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
@@ -41,12 +41,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..closedloop.experiment import ExperimentConfig, run_experiment
-    from ..closedloop.metrics import metrics_table
-    from ..closedloop.plot import plot_report
-    from ..closedloop.task import TaskConfig
-    from ..closedloop.user import UserConfig
+    from possm_plugin.closedloop.experiment import ExperimentConfig, run_experiment
+    from possm_plugin.closedloop.metrics import metrics_table
+    from possm_plugin.closedloop.plot import plot_report
+    from possm_plugin.closedloop.task import TaskConfig
+    from possm_plugin.closedloop.user import UserConfig
+    from possm_plugin.errors import ConfigError
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         user=UserConfig(feedback_delay_s=args.feedback_delay),
     )
     if args.realtime:
-        from ..closedloop.realtime import run_realtime_experiment
+        from possm_plugin.closedloop.realtime import run_realtime_experiment
 
         report = run_realtime_experiment(names, seeds, cfg)
     else:

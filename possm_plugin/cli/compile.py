@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
@@ -31,13 +31,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import engines
+    from possm_plugin import engines
 
     error = engines.numba_error()
     if error is not None:
         doc = {"available": False, "error": error, "seconds": 0.0, "cache": None}
     else:
-        from ..engines.numba_step import cache_directory, warm_up
+        from possm_plugin.engines.numba_step import cache_directory, warm_up
 
         doc = {"available": True, "error": None, "seconds": round(warm_up(), 3), "cache": cache_directory()}
     if args.json:

@@ -1,12 +1,12 @@
 """``possm demo``: simulated array -> ``possm-lsl`` -> live R2, latency and a plot (see
-:mod:`possm_plugin.demo`)."""
+:mod:`possm_plugin.realtime.demo`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
@@ -59,10 +59,10 @@ def _quiet_liblsl() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_liblsl()
-    from ..demo import format_report, run_demo
+    from possm_plugin.realtime.demo import format_report, run_demo
 
     if not args.duration > 0:
-        from ..errors import ConfigError
+        from possm_plugin.errors import ConfigError
 
         raise ConfigError(f"--duration {args.duration!r} must be a positive number of seconds")
     report = run_demo(duration=args.duration, out_dir=args.out, checkpoint=args.checkpoint, form=args.form, bin_rate=args.bin_rate, name=args.name,

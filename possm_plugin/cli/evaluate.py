@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from ..checkpoint import load_checkpoint
-from ..data import prepare_sessions
-from ..evaluate import evaluate_prepared
-from ..session import load_sessions
-from .formatter import HelpFormatter, text_table
+from possm_plugin.cli.formatter import HelpFormatter, text_table
+from possm_plugin.data.prepared import prepare_sessions
+from possm_plugin.data.session import load_sessions
+from possm_plugin.model.checkpoint import load_checkpoint
+from possm_plugin.training.evaluate import evaluate_prepared
 
 __all__ = ["add_parser", "run", "metrics_text"]
 
@@ -50,7 +50,7 @@ def run(args) -> int:
 
 
 def metrics_text(metrics: dict, *, output_names: list[str]) -> str:
-    """The metrics of :func:`~possm_plugin.evaluate.evaluate_prepared` as a table: one row per session
+    """The metrics of :func:`~possm_plugin.training.evaluate.evaluate_prepared` as a table: one row per session
     (for a regression, the R2 of each output too), then the mean over sessions."""
     key, title = _METRIC[metrics["readout"]]
     per_output = metrics.get("r2_per_output", {})

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..finetune import finetune
-from ..recipe import UI_LR, recipe_config
-from ..train import RECIPE
-from ..session import load_sessions
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.data.session import load_sessions
+from possm_plugin.model.checkpoint import load_checkpoint, save_checkpoint
+from possm_plugin.training.finetune import finetune
+from possm_plugin.training.recipe import UI_LR, recipe_config
+from possm_plugin.training.train import RECIPE
 
 
 def add_parser(sub) -> None:

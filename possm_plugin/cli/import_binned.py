@@ -2,14 +2,14 @@
 
 The file holds ``rates_hz`` or ``counts`` (bins x units), the behaviour to decode (``--target``, e.g.
 ``velocity``, bins x C), ``bin_s`` (or give ``--bin-s``) and optionally ``trial_lengths`` (bins per
-trial) and ``target`` (reach target per bin); see :func:`possm_plugin.importers.load_binned`. Each
+trial) and ``target`` (reach target per bin); see :func:`possm_plugin.data.importers.load_binned`. Each
 bin's count becomes that many spike events at random times inside the bin (``--seed``).
 """
 
 from __future__ import annotations
 
-from .formatter import HelpFormatter
-from .import_data import add_common_arguments, write_session
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.cli.import_data import add_common_arguments, write_session
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..importers.binned import load_binned
+    from possm_plugin.data.importers.binned import load_binned
 
     session = load_binned(
         args.file, session_id=args.session_id, subject=args.subject or "unknown", bin_s=args.bin_s, target=args.target,

@@ -12,9 +12,9 @@ import argparse
 import importlib
 from pathlib import Path
 
-from ..errors import DataError
-from ..session import Session
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.data.session import Session
+from possm_plugin.errors import DataError
 
 __all__ = ["add_parser", "write_session", "FORMATS"]
 

@@ -3,13 +3,13 @@
 Spikes from the Units table, the behaviour from the TimeSeries ``--target`` (a name such as
 ``hand_vel`` or a path; without ``--target`` the error lists the file's series), trials from the ``trials`` table
 (``--intervals``). Needs pynwb (``pip install possm-plugin[nwb]``); see
-:func:`possm_plugin.importers.load_nwb` for everything it reads.
+:func:`possm_plugin.data.importers.load_nwb` for everything it reads.
 """
 
 from __future__ import annotations
 
-from .formatter import HelpFormatter
-from .import_data import add_common_arguments, write_session
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.cli.import_data import add_common_arguments, write_session
 
 
 def add_parser(sub) -> None:
@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
-    from ..importers.nwb import load_nwb, nwb_series
+    from possm_plugin.data.importers.nwb import load_nwb, nwb_series
+    from possm_plugin.errors import ConfigError
 
     if not args.target:
         names = [f"{row['path']} {row['shape']}" for row in nwb_series(args.file)]

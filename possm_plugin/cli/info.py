@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
 
 __all__ = ["add_parser", "run", "collect"]
 
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def collect(path=None) -> dict:
     """The document ``possm info --json`` prints."""
-    from ..checkpoint import load_checkpoint, resolve_checkpoint
+    from possm_plugin.model.checkpoint import load_checkpoint, resolve_checkpoint
 
     weights, config = resolve_checkpoint(path)
     model, doc = load_checkpoint(path)

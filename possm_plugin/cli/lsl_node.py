@@ -18,9 +18,9 @@ import logging
 import sys
 from typing import Any
 
-from ..errors import ConfigError, PluginError, PossmError, StreamError
-from .formatter import HelpFormatter
-from ..unit_map import pick_session, session_units, unknown_units
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.errors import ConfigError, PluginError, PossmError, StreamError
+from possm_plugin.realtime.unit_map import pick_session, session_units, unknown_units
 
 __all__ = ["build_parser", "main", "parse_options", "format_summary"]
 
@@ -95,7 +95,7 @@ def parse_options(items: list[str], *, what: str) -> dict[str, Any]:
 
 def _factory(kind: str, name: str):
     try:
-        from ..plugins import manager
+        from possm_plugin.plugins import manager
     except ImportError:  # pragma: no cover - the plugin manager is part of the package
         manager = None
     if manager is not None:
@@ -191,11 +191,10 @@ def _skip_backlog(source, why: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The node, from parsed arguments (raises :class:`PossmError` for problems; ``main`` prints them)."""
-    from ..checkpoint import load_checkpoint
-    from ..runner import DecoderRunner
-    from ..streaming import StreamingDecoder
-
-    from ..runtime import set_cpu_threads
+    from possm_plugin.model.checkpoint import load_checkpoint
+    from possm_plugin.realtime.runner import DecoderRunner
+    from possm_plugin.realtime.streaming import StreamingDecoder
+    from possm_plugin.realtime.threads import set_cpu_threads
 
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
@@ -233,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         unit_ids, session = _map_units(args, model, doc, source)
         calibration = None
         if session is None:  # online calibration
-            from ..calibration import calibrate_online
+            from possm_plugin.realtime.calibration import calibrate_online
 
             model, session, unit_ids, calibration = calibrate_online(
                 model, source, labels=args.labels, seconds=args.calibrate, epochs=args.calibrate_epochs,
@@ -267,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .main import setup_logging
+    from possm_plugin.cli.main import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)

@@ -8,8 +8,8 @@ import importlib
 import logging
 import sys
 
-from ..errors import PossmError
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.errors import PossmError
 
 __all__ = ["build_parser", "main", "SUBCOMMANDS"]
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, mod in SUBCOMMANDS.items():
+    for _name, mod in SUBCOMMANDS.items():
         try:
             module = importlib.import_module(mod, __package__)
         except ModuleNotFoundError as exc:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from .formatter import HelpFormatter, text_table
+from possm_plugin.cli.formatter import HelpFormatter, text_table
 
 __all__ = ["add_parser", "collect", "run"]
 
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def collect() -> dict:
     """What ``possm plugins --json`` prints."""
-    from ..plugins import manager
+    from possm_plugin.plugins import manager
 
     descriptions: dict[tuple[str, str], str] = {}
     rows = manager.list_plugins()

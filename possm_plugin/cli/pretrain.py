@@ -1,7 +1,7 @@
 """``possm pretrain --nproc-per-node N [--nnodes K --rdzv-endpoint HOST:PORT] --config FILE.yaml ...``:
 multi-session pretraining with DistributedDataParallel (see docs/pretraining.md).
 
-With more than one process it launches ``torchrun ... -m possm_plugin.distributed`` with the same
+With more than one process it launches ``torchrun ... -m possm_plugin.training.distributed`` with the same
 training flags and waits for it; with one process, or when already started by torchrun, it trains
 in this process.
 """
@@ -15,9 +15,9 @@ import shlex
 import subprocess
 import sys
 
-from ..distributed import add_arguments, forward_argv, run_args
-from ..errors import ConfigError
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.errors import ConfigError
+from possm_plugin.training.distributed import add_arguments, forward_argv, run_args
 
 log = logging.getLogger("possm_plugin.cli.pretrain")
 
@@ -65,7 +65,7 @@ def launch_command(args: argparse.Namespace) -> list[str]:
         cmd += [f"--master_addr={args.master_addr or '127.0.0.1'}", f"--master_port={args.master_port}"]
     else:  # one machine: torchrun binds a free port itself (no race with other programs for it)
         cmd += ["--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", f"--rdzv_id={args.rdzv_id}"]
-    return [*cmd, "-m", "possm_plugin.distributed", *forward_argv(args)]
+    return [*cmd, "-m", "possm_plugin.training.distributed", *forward_argv(args)]
 
 
 def run(args) -> int:

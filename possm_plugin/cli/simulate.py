@@ -8,7 +8,7 @@ tasks). The seed is part of the id, so ``--seed 99`` writes other sessions under
 Live: ``possm simulate --lsl`` streams session ``--session-index`` of the same subject and seed in real
 time: the spikes on the LSL stream ``--name`` (spike events, or ``--form binned`` counts; channel
 labels are the session's unit ids) and the true velocity on ``--labels-name``, looping when
-``--duration`` exceeds the segment (see :mod:`possm_plugin.sim_lsl`). Ctrl-C stops it.
+``--duration`` exceeds the segment (see :mod:`possm_plugin.sim.lsl`). Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 import logging
 import sys
 
-from ..sim_lsl import add_stream_arguments
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.sim.lsl import add_stream_arguments
 
 __all__ = ["add_parser", "run"]
 
@@ -55,19 +55,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
+    from possm_plugin.errors import ConfigError
 
     if args.lsl:
         if args.task != "motor":
             raise ConfigError("--lsl streams a motor session (spikes + true velocity); drop --task")
-        from ..sim_lsl import run_from_args
+        from possm_plugin.sim.lsl import run_from_args
 
         args.subject = args.subject or "m0"
         return run_from_args(args)
     if not args.out:
         raise ConfigError("say where to write the sessions: --out DIR (or stream live with --lsl)")
-    from .. import sim
-    from ..sim.spiking import MIN_SESSION_S
+    from possm_plugin import sim
+    from possm_plugin.sim.spiking import MIN_SESSION_S
 
     if args.duration is not None and not args.duration >= MIN_SESSION_S:
         raise ConfigError(f"--duration must be at least {MIN_SESSION_S:g} s when writing sessions, got {args.duration:g}")
@@ -84,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .main import main
+    from possm_plugin.cli.main import main
 
     sys.exit(main(["simulate", *sys.argv[1:]]))

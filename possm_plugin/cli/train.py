@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..train import load_train_config, train
-from .formatter import HelpFormatter
+from possm_plugin.cli.formatter import HelpFormatter
+from possm_plugin.training.train import load_train_config, train
 
 
 def add_parser(sub) -> None:

@@ -9,12 +9,19 @@
 - :mod:`.plot` - trajectories and metrics; :mod:`.experiment` - all decoders on the same seeds.
 """
 
-from .decoders import BaselineLoopDecoder, LoopDecoder, OracleDecoder, PossmLoopDecoder, RotatedDecoder, ZeroDecoder
-from .experiment import DECODERS, ExperimentConfig, run_experiment
-from .metrics import summarize, trial_metrics
-from .runner import LoopResult, run_loop
-from .task import CursorTask, TaskConfig
-from .user import SimulatedUser, UserConfig
+from possm_plugin.closedloop.decoders import (
+    BaselineLoopDecoder,
+    LoopDecoder,
+    OracleDecoder,
+    PossmLoopDecoder,
+    RotatedDecoder,
+    ZeroDecoder,
+)
+from possm_plugin.closedloop.experiment import DECODERS, ExperimentConfig, run_experiment
+from possm_plugin.closedloop.metrics import summarize, trial_metrics
+from possm_plugin.closedloop.runner import LoopResult, run_loop
+from possm_plugin.closedloop.task import CursorTask, TaskConfig
+from possm_plugin.closedloop.user import SimulatedUser, UserConfig
 
 __all__ = [
     "LoopDecoder", "PossmLoopDecoder", "BaselineLoopDecoder", "OracleDecoder", "ZeroDecoder", "RotatedDecoder",

@@ -5,11 +5,11 @@ In the block the cursor moves on its own, centre-out-and-back to the 8 targets (
 movement: the intent at time ``s`` is the cursor velocity at ``s + delay_s``
 (:class:`~possm_plugin.sim.motor_stream.MotorSpikeStream`), so the spikes relate to the cursor velocity
 as they relate to the hand in ``possm simulate``. The spikes come from the same stream, chunk by
-chunk, that the closed loop uses. The block is returned as a :class:`~possm_plugin.session.Session`
+chunk, that the closed loop uses. The block is returned as a :class:`~possm_plugin.data.session.Session`
 (cursor velocity at 100 Hz, one trial per reach, phases), and every decoder is fit on it:
 
 - Wiener and Kalman filters (:mod:`possm_plugin.baselines`) on all its trials;
-- POSSM by unit identification (:func:`possm_plugin.finetune.finetune` with ``mode="ui"``) from a
+- POSSM by unit identification (:func:`possm_plugin.training.finetune.finetune` with ``mode="ui"``) from a
   checkpoint (default: the bundled one).
 """
 
@@ -21,11 +21,11 @@ import math
 import numpy as np
 import torch
 
-from ..baselines import KalmanFilter, WienerFilter
-from ..session import PHASE_HOLD, PHASE_REACH, Session
-from ..sim.motor import TARGET_SCALE, _Schedule
-from ..sim.motor_stream import MotorSpikeStream
-from ..sim.spiking import DT_S, make_rng
+from possm_plugin.baselines import KalmanFilter, WienerFilter
+from possm_plugin.data.session import PHASE_HOLD, PHASE_REACH, Session
+from possm_plugin.sim.motor import TARGET_SCALE, _Schedule
+from possm_plugin.sim.motor_stream import MotorSpikeStream
+from possm_plugin.sim.spiking import DT_S, make_rng
 
 __all__ = ["calibration_session", "fit_wiener", "fit_kalman", "fit_possm"]
 
@@ -111,9 +111,9 @@ def fit_possm(cal: Session, *, checkpoint=None, epochs: int = 15, seed: int = 0,
     session embeddings, and the latent queries); returns ``(model, finetune_result)`` (the model knows
     ``cal.session_id`` and its units). Measured on a 120 s block (session 10, seed 0, 15 epochs):
     validation R2 0.63 with the latents trained, 0.57 without; lr 3e-2 instead of 1e-2: 0.27."""
-    from ..checkpoint import load_checkpoint
-    from ..finetune import finetune
-    from ..train import TrainConfig
+    from possm_plugin.model.checkpoint import load_checkpoint
+    from possm_plugin.training.finetune import finetune
+    from possm_plugin.training.train import TrainConfig
 
     model, _ = load_checkpoint(checkpoint)
     model = copy.deepcopy(model)

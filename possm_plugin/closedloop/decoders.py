@@ -1,9 +1,9 @@
 """Decoders in the loop: one interface, ``step(times, units, t_end, intent) -> (2,)`` cm/s per chunk.
 
-- :class:`PossmLoopDecoder`: a POSSM through :class:`~possm_plugin.streaming.StreamingDecoder`, the
+- :class:`PossmLoopDecoder`: a POSSM through :class:`~possm_plugin.realtime.streaming.StreamingDecoder`, the
   path the live nodes use (one ``decode`` call per chunk: its events, watermark at the chunk's end).
 - :class:`BaselineLoopDecoder`: a fitted Wiener or Kalman filter; the chunk's counts come from
-  :func:`~possm_plugin.binning.bin_spikes` (the baselines' own binning) and go through their
+  :func:`~possm_plugin.baselines.binning.bin_spikes` (the baselines' own binning) and go through their
   chunk-by-chunk form (:mod:`possm_plugin.baselines.stream`).
 - :class:`OracleDecoder` (returns the user's intent of the chunk), :class:`ZeroDecoder` and
   :class:`RotatedDecoder` (another decoder's output rotated by a fixed angle): references for tests.
@@ -19,13 +19,13 @@ import math
 
 import numpy as np
 
-from ..baselines.base import BinnedDecoder
-from ..baselines.stream import stream_baseline
-from ..binning import bin_spikes
-from ..errors import ConfigError
-from ..io import SpikeBatch
-from ..model import POSSM
-from ..streaming import StreamingDecoder
+from possm_plugin.baselines.base import BinnedDecoder
+from possm_plugin.baselines.binning import bin_spikes
+from possm_plugin.baselines.stream import stream_baseline
+from possm_plugin.errors import ConfigError
+from possm_plugin.model.possm import POSSM
+from possm_plugin.realtime.io import SpikeBatch
+from possm_plugin.realtime.streaming import StreamingDecoder
 
 __all__ = ["LoopDecoder", "PossmLoopDecoder", "BaselineLoopDecoder", "OracleDecoder", "ZeroDecoder", "RotatedDecoder"]
 

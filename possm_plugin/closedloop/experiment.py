@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..sim.motor_stream import MotorSpikeStream
-from .calibration import calibration_session, fit_kalman, fit_possm, fit_wiener
-from .decoders import BaselineLoopDecoder, LoopDecoder, OracleDecoder, PossmLoopDecoder
-from .metrics import summarize, trial_metrics
-from .runner import CHUNK_S, LoopResult, run_loop
-from .task import TaskConfig
-from .user import UserConfig
+from possm_plugin.closedloop.calibration import calibration_session, fit_kalman, fit_possm, fit_wiener
+from possm_plugin.closedloop.decoders import BaselineLoopDecoder, LoopDecoder, OracleDecoder, PossmLoopDecoder
+from possm_plugin.closedloop.metrics import summarize, trial_metrics
+from possm_plugin.closedloop.runner import CHUNK_S, LoopResult, run_loop
+from possm_plugin.closedloop.task import TaskConfig
+from possm_plugin.closedloop.user import UserConfig
+from possm_plugin.errors import ConfigError
+from possm_plugin.sim.motor_stream import MotorSpikeStream
 
 __all__ = ["ExperimentConfig", "DECODERS", "build_decoders", "run_experiment", "trajectories", "open_loop_r2", "closed_loop_r2", "closed_loop_gain"]
 
@@ -81,8 +81,8 @@ def open_loop_r2(decoder: LoopDecoder, session) -> float:
     """R2 (mean of vx, vy) of ``decoder`` run chunk by chunk over an open-loop block ``session`` (from a
     fresh state at 0 s), against the cursor velocity at each chunk's end: what an offline evaluation
     reports, for comparison with the closed-loop metrics."""
-    from ..binning import bin_session
-    from ..metrics import r2_score
+    from possm_plugin.baselines.binning import bin_session
+    from possm_plugin.training.metrics import r2_score
 
     b = bin_session(session, width=CHUNK_S, step=CHUNK_S)
     decoder.reset(float(b.starts[0]))
@@ -99,7 +99,7 @@ def closed_loop_r2(res: LoopResult, delay_s: float) -> float:
     """R2 (mean of vx, vy) of the velocities decoded in the loop against the user's intent ``delay_s``
     earlier (the cursor velocity the spikes stand for; see :mod:`possm_plugin.sim.motor_stream`): how
     well the decoder reads the user while the user reacts to it, beside its open-loop R2."""
-    from ..metrics import r2_score
+    from possm_plugin.training.metrics import r2_score
 
     d = int(round(delay_s / CHUNK_S))
     if len(res.decoded) <= d + 2:

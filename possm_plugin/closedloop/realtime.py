@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PossmError, StreamError
-from .decoders import LoopDecoder
+from possm_plugin.closedloop.decoders import LoopDecoder
+from possm_plugin.errors import PossmError, StreamError
 
 __all__ = ["LslLoopDecoder", "realtime_loop", "run_realtime_experiment", "start_node"]
 
@@ -36,7 +36,7 @@ log = logging.getLogger("possm_plugin.closedloop")
 
 def start_node(checkpoint: str | Path, *, inlet: str, outlet: str, clock_lag: float = 0.01, resolve_timeout: float = 60.0) -> subprocess.Popen:
     """Start ``possm-lsl`` on ``inlet`` with ``checkpoint``, publishing on ``outlet``."""
-    from ..demo import _node_command
+    from possm_plugin.realtime.demo import _node_command
 
     cmd = _node_command() + ["--inlet", inlet, "--outlet", outlet, "--checkpoint", str(checkpoint), "--log-level", "WARNING",
                              "--resolve-timeout", str(resolve_timeout), "--source-opt", f"clock_lag={clock_lag}",
@@ -149,7 +149,7 @@ class LslLoopDecoder(LoopDecoder):
 
 
 def _stop(proc: subprocess.Popen | None) -> str:
-    from ..demo import _stop as stop
+    from possm_plugin.realtime.demo import _stop as stop
 
     return stop(proc)[0]
 
@@ -159,8 +159,8 @@ def realtime_loop(name, decoder, stream, *, seed, cfg, user, wait_s: float = 0.0
     real time (other decoders run in process). Returns ``(LoopResult, extra)``; ``extra`` for POSSM: the
     chunks whose own prediction arrived within ``wait_s`` (``fresh``), missed it (``stale``), and the time
     from a chunk's end to its prediction's arrival (ms)."""
-    from ..checkpoint import save_checkpoint
-    from .runner import run_loop
+    from possm_plugin.closedloop.runner import run_loop
+    from possm_plugin.model.checkpoint import save_checkpoint
 
     if name != "possm":
         return run_loop(decoder, stream, n_trials=cfg.trials, seed=seed, task=cfg.task, user=user), None
@@ -188,6 +188,6 @@ def realtime_loop(name, decoder, stream, *, seed, cfg, user, wait_s: float = 0.0
 
 def run_realtime_experiment(names, seeds, cfg, *, progress=None) -> dict:
     """:func:`~.experiment.run_experiment` with :func:`realtime_loop`: POSSM over LSL in real time."""
-    from .experiment import run_experiment
+    from possm_plugin.closedloop.experiment import run_experiment
 
     return run_experiment(names, seeds, cfg, progress=progress, loop=realtime_loop)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..sim.motor_stream import MotorSpikeStream
-from ..sim.spiking import DT_S, make_rng
-from ..tokenize import chunk_starts
-from .decoders import LoopDecoder
-from .task import CursorTask, TaskConfig
-from .user import SimulatedUser, UserConfig
+from possm_plugin.closedloop.decoders import LoopDecoder
+from possm_plugin.closedloop.task import CursorTask, TaskConfig
+from possm_plugin.closedloop.user import SimulatedUser, UserConfig
+from possm_plugin.errors import ConfigError
+from possm_plugin.model.tokenize import chunk_starts
+from possm_plugin.sim.motor_stream import MotorSpikeStream
+from possm_plugin.sim.spiking import DT_S, make_rng
 
 __all__ = ["LoopResult", "run_loop", "CHUNK_S"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from possm_plugin.errors import ConfigError
 
 __all__ = ["TaskConfig", "Trial", "CursorTask", "LAYOUTS"]
 

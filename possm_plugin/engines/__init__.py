@@ -19,10 +19,10 @@ import functools
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..model import POSSM
-from .base import Engine
-from .fold import Folded, fold, fold_supported
+from possm_plugin.engines.base import Engine
+from possm_plugin.engines.fold import Folded, fold, fold_supported
+from possm_plugin.errors import ConfigError
+from possm_plugin.model.possm import POSSM
 
 __all__ = ["ENGINES", "Engine", "Folded", "build_engine", "choose_engine", "fold", "fold_supported", "numba_available", "numba_error"]
 
@@ -34,7 +34,7 @@ ENGINES = ("auto", "numba", "torch", "reference")
 def numba_error() -> str | None:
     """Why the compiled engine cannot load here (None: it can); imports Numba on the first call."""
     try:
-        from . import numba_step  # noqa: F401
+        from possm_plugin.engines import numba_step  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any failure to import means "not available"
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -72,14 +72,14 @@ def build_engine(model: POSSM, *, engine: str = "auto", sessions, device: str | 
     sessions = np.asarray(sessions, np.int64).reshape(-1)
     dev = torch.device(device)
     if name == "reference":
-        from .torch_step import ReferenceEngine
+        from possm_plugin.engines.torch_step import ReferenceEngine
 
         return ReferenceEngine(model, sessions=sessions, device=dev, output_scale=output_scale)
     folded = fold(model, output_scale=output_scale)
     if name == "numba":
-        from .numba_step import NumbaEngine
+        from possm_plugin.engines.numba_step import NumbaEngine
 
         return NumbaEngine(model, folded, sessions=sessions)
-    from .torch_step import TorchEngine
+    from possm_plugin.engines.torch_step import TorchEngine
 
     return TorchEngine(model, folded, sessions=sessions, device=dev)

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backbones.gru import GRUBackbone
-from ..backbones.mamba import MambaBackbone
-from ..backbones.s4d import S4DBackbone
-from ..model import POSSM
-from ..nn.rope import apply_rotary
+from possm_plugin.model.backbones.gru import GRUBackbone
+from possm_plugin.model.backbones.mamba import MambaBackbone
+from possm_plugin.model.backbones.s4d import S4DBackbone
+from possm_plugin.model.nn.rope import apply_rotary
+from possm_plugin.model.possm import POSSM
 
 __all__ = ["FFNFold", "Folded", "GRUFold", "Linear", "MambaFold", "S4DFold", "fold", "fold_supported"]
 

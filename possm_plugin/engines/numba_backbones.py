@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numba_kernels import (
+from possm_plugin.engines.numba_kernels import (
     _E_LAYERS,
     _E_NORM,
     _GRU_STRIDE,

@@ -16,7 +16,7 @@ memory each chunk).
   never compiles on a live chunk; :func:`warm_up` (``possm compile``) does it for every backbone
   ahead of time.
 - BLAS threads: a matrix-vector product of one chunk is fastest on one thread; set the process's BLAS
-  threads with :func:`possm_plugin.runtime.set_cpu_threads` (the CLIs do).
+  threads with :func:`possm_plugin.realtime.threads.set_cpu_threads` (the CLIs do).
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import time
 import numpy as np
 import torch
 
-from ..model import POSSM
-from .base import Engine
-from .fold import Folded, GRUFold, Linear, S4DFold
-from .numba_backbones import STEPS
-from .numba_kernels import (
+from possm_plugin.engines.base import Engine
+from possm_plugin.engines.fold import Folded, GRUFold, Linear, S4DFold
+from possm_plugin.engines.numba_backbones import STEPS
+from possm_plugin.engines.numba_kernels import (
     _E_NORM,
     _I_D,
     _I_DHALF,
@@ -47,6 +46,7 @@ from .numba_kernels import (
     _I_R,
     CACHE,
 )
+from possm_plugin.model.possm import POSSM
 
 __all__ = ["NumbaEngine", "cache_directory", "warm_up"]
 
@@ -201,8 +201,8 @@ def _is_cached(dispatcher) -> bool:
 
 def warm_up() -> float:
     """Compile (or load from the cache) the step of every built-in backbone; returns the seconds taken."""
-    from ..config import ModelConfig
-    from .fold import fold
+    from possm_plugin.engines.fold import fold
+    from possm_plugin.model.config import ModelConfig
 
     t = time.perf_counter()
     torch_state = torch.random.get_rng_state()

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from scipy.special import erf
 
-from ..model import POSSM
-from .base import Engine
-from .fold import FFNFold, Folded, GRUFold, MambaFold, S4DFold
+from possm_plugin.engines.base import Engine
+from possm_plugin.engines.fold import FFNFold, Folded, GRUFold, MambaFold, S4DFold
+from possm_plugin.model.possm import POSSM
 
 __all__ = ["NumpyEngine"]
 

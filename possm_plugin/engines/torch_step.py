@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backbones.base import State
-from ..model import POSSM
-from .base import Engine
-from .fold import FFNFold, Folded, GRUFold, Linear, MambaFold, S4DFold
+from possm_plugin.engines.base import Engine
+from possm_plugin.engines.fold import FFNFold, Folded, GRUFold, Linear, MambaFold, S4DFold
+from possm_plugin.model.backbones.base import State
+from possm_plugin.model.possm import POSSM
 
 __all__ = ["ReferenceEngine", "TorchEngine"]
 

@@ -1,6 +1,6 @@
 """Thin layers that run POSSM inside host frameworks. Each wraps
 :class:`possm_plugin.plugins.decoder_node.PossmDecoderNode` (itself a thin layer over the
-:class:`~possm_plugin.streaming.StreamingDecoder`) and imports its framework only when imported:
+:class:`~possm_plugin.realtime.streaming.StreamingDecoder`) and imports its framework only when imported:
 
 - :mod:`possm_plugin.integrations.ezmsg`: ``PossmDecoderUnit``, an ezmsg transformer unit taking
   spike events or binned counts (e.g. from ezmsg-lsl's ``LSLInletUnit``) and publishing predictions;

@@ -40,8 +40,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "install them with `pip install --no-deps timeflux==0.17.2 && pip install possm-plugin[timeflux]`"
     ) from exc
 
-from ..errors import ConfigError, DataError
-from ..plugins.decoder_node import BINNED_COUNTS, SPIKE_EVENTS, PossmDecoderNode
+from possm_plugin.errors import ConfigError, DataError
+from possm_plugin.plugins.decoder_node import BINNED_COUNTS, SPIKE_EVENTS, PossmDecoderNode
 
 __all__ = ["PossmDecoder"]
 

@@ -4,7 +4,7 @@ The decoder node a host instantiates lives in :mod:`possm_plugin.plugins.decoder
 here, so that importing the markers stays light).
 """
 
-from .manager import (
+from possm_plugin.plugins.manager import (
     ENV_VAR,
     PluginEntry,
     PluginFailure,
@@ -24,7 +24,7 @@ from .manager import (
     load_backbones,
     reset_plugin_manager,
 )
-from .markers import ENTRY_POINT_GROUP, PROJECT, hookimpl, hookspec
+from possm_plugin.plugins.markers import ENTRY_POINT_GROUP, PROJECT, hookimpl, hookspec
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -1,14 +1,14 @@
 """The POSSM decoder node: what a host instantiates to decode spikes, found through the
 ``possm_register_decoder_nodes`` hook as ``"possm"``.
 
-A node wraps one :class:`possm_plugin.streaming.StreamingDecoder` and speaks only numbers: it
+A node wraps one :class:`possm_plugin.realtime.streaming.StreamingDecoder` and speaks only numbers: it
 declares its ports (``inputs``, ``outputs``), takes spike events or binned counts, and returns the
 predictions of every chunk that the input completed. It never reaches into the decoder; host
 integrations (:mod:`possm_plugin.integrations`) wrap the node in turn.
 
 Shape letters: S events, T bins, C channels (input units), P predictions, O outputs.
 
-Binned counts become events by :func:`possm_plugin.binned_events.binned_to_events` (spread evenly
+Binned counts become events by :func:`possm_plugin.realtime.binned_events.binned_to_events` (spread evenly
 inside each bin; bad counts dropped and counted in ``stats["bins_invalid"]``), the conversion every
 live path and the training importer share.
 """
@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..binned_events import binned_to_events  # noqa: F401  (re-exported: hosts import it from here)
-from ..errors import ConfigError, DataError, PossmError, UnknownUnitError
-from ..io import Prediction, SpikeBatch
-from .markers import hookimpl
+from possm_plugin.errors import ConfigError, DataError, PossmError, UnknownUnitError
+from possm_plugin.plugins.markers import hookimpl
+from possm_plugin.realtime.binned_events import binned_to_events  # noqa: F401  (re-exported: hosts import it from here)
+from possm_plugin.realtime.io import Prediction, SpikeBatch
 
 __all__ = ["Port", "PossmDecoderNode", "binned_to_events", "possm_register_decoder_nodes"]
 
@@ -70,8 +70,8 @@ class PossmDecoderNode:
             from the spacing of the bin times.
         bin_stamp: whether bin times mark each bin's ``"end"`` (default: the moment its counts are
             complete, as LSL and BRAND stamp them) or its ``"start"``.
-        model: an already loaded :class:`possm_plugin.model.POSSM` instead of ``checkpoint``.
-        **decoder_options: passed to :class:`~possm_plugin.streaming.StreamingDecoder` (``t0``,
+        model: an already loaded :class:`possm_plugin.model.possm.POSSM` instead of ``checkpoint``.
+        **decoder_options: passed to :class:`~possm_plugin.realtime.streaming.StreamingDecoder` (``t0``,
             ``max_gap``, ``max_future``, ``max_tokens``).
 
     Raises:
@@ -94,7 +94,7 @@ class PossmDecoderNode:
         model=None,
         **decoder_options,
     ) -> None:
-        from ..streaming import StreamingDecoder
+        from possm_plugin.realtime.streaming import StreamingDecoder
 
         if bin_stamp not in ("start", "end"):
             raise ConfigError(f"bin_stamp={bin_stamp!r} must be 'start' or 'end'")
@@ -161,7 +161,7 @@ class PossmDecoderNode:
     def unknown_units(self, unit_ids: Sequence[str]) -> list[str]:
         """The ids among ``unit_ids`` that the model does not know (empty: a node could decode them)."""
         self._check_open()
-        from ..streaming import StreamingDecoder
+        from possm_plugin.realtime.streaming import StreamingDecoder
 
         return StreamingDecoder.check_units(self.decoder.model, [str(u) for u in unit_ids])
 
@@ -171,7 +171,7 @@ class PossmDecoderNode:
 
     @property
     def stats(self) -> dict:
-        """Counters and latency percentiles (see :class:`possm_plugin.streaming.DecoderStats`)."""
+        """Counters and latency percentiles (see :class:`possm_plugin.realtime.streaming.DecoderStats`)."""
         if self._final_stats is not None:
             return dict(self._final_stats)
         s = self.decoder.stats.summary()

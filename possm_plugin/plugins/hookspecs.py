@@ -25,7 +25,7 @@ docs/plugins.md for the full guide.
 
 from __future__ import annotations
 
-from .markers import hookspec
+from possm_plugin.plugins.markers import hookspec
 
 __all__ = [
     "possm_register_backbones",
@@ -40,13 +40,13 @@ def possm_register_backbones(register):
     """Register recurrent backbones.
 
     Call ``register(name, factory)`` where ``factory(*, d_input, **backbone_kwargs)`` returns a
-    :class:`possm_plugin.backbones.Backbone` (``initial_state``, ``step``, ``forward``). A model whose
+    :class:`possm_plugin.model.backbones.Backbone` (``initial_state``, ``step``, ``forward``). A model whose
     config says ``backbone: name`` is then built with it, and its checkpoints load wherever the plugin
     is installed.
 
     Example::
 
-        from possm_plugin.backbones import Backbone
+        from possm_plugin.model.backbones import Backbone
 
         class LSTMBackbone(Backbone):
             def __init__(self, *, d_input, hidden=128): ...
@@ -62,7 +62,7 @@ def possm_register_sources(register):
     """Register spike sources.
 
     Call ``register(name, factory, description="...")`` where ``factory(**options)`` returns a
-    :class:`possm_plugin.io.SpikeSource` (``connect``/``acquire``/``disconnect``). The options come
+    :class:`possm_plugin.realtime.io.SpikeSource` (``connect``/``acquire``/``disconnect``). The options come
     from the command line (``possm-lsl --source NAME --source-opt key=value``: numbers, booleans and
     ``None`` are parsed, anything else stays a string).
 
@@ -79,7 +79,7 @@ def possm_register_sinks(register):
     """Register prediction sinks.
 
     Call ``register(name, factory, description="...")`` where ``factory(**options)`` returns a
-    :class:`possm_plugin.io.PredictionSink` (``connect``/``publish``/``disconnect``); options come
+    :class:`possm_plugin.realtime.io.PredictionSink` (``connect``/``publish``/``disconnect``); options come
     from ``possm-lsl --sink NAME --sink-opt key=value``.
 
     Example::

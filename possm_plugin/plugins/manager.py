@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 import pluggy
 
-from ..errors import PluginError, PossmError
-from . import hookspecs
-from .markers import ENTRY_POINT_GROUP, PROJECT
+from possm_plugin.errors import PluginError, PossmError
+from possm_plugin.plugins import hookspecs
+from possm_plugin.plugins.markers import ENTRY_POINT_GROUP, PROJECT
 
 __all__ = [
     "ENV_VAR",
@@ -155,7 +155,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
 def reset_plugin_manager() -> None:
     """Forget the manager, its failures and everything collected (for tests); the next call loads
     plugins afresh and re-reads ``POSSM_PLUGINS``. Backbones already registered in
-    :mod:`possm_plugin.backbones` stay registered."""
+    :mod:`possm_plugin.model.backbones` stay registered."""
     global _pm
     with _lock:
         _pm = None
@@ -317,7 +317,7 @@ def _get(kind: str, name: str) -> Callable[..., Any]:
 # -- public queries ---------------------------------------------------------------------------------
 def load_backbones(register: Callable[..., Any]) -> None:
     """Register every plugin's backbones with ``register(name, factory)`` (the backbone registry's
-    :func:`possm_plugin.backbones.register_backbone`). Idempotent."""
+    :func:`possm_plugin.model.backbones.register_backbone`). Idempotent."""
     for e in _entries("backbones").values():
         try:
             register(e.name, e.factory)

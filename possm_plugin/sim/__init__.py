@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
-from ..session import Session
-from .ids import legacy_prefix, parse_sim_session_id, sim_session_id
-from .handwriting import simulate_handwriting_session, simulate_handwriting_sessions
-from .motor import simulate_motor_session, simulate_motor_sessions
-from .phonemes import simulate_phoneme_session, simulate_phoneme_sessions
-from .spiking import make_subject
+from possm_plugin.data.session import Session
+from possm_plugin.errors import DataError
+from possm_plugin.sim.handwriting import simulate_handwriting_session, simulate_handwriting_sessions
+from possm_plugin.sim.ids import legacy_prefix, parse_sim_session_id, sim_session_id
+from possm_plugin.sim.motor import simulate_motor_session, simulate_motor_sessions
+from possm_plugin.sim.phonemes import simulate_phoneme_session, simulate_phoneme_sessions
+from possm_plugin.sim.spiking import make_subject
 
 __all__ = [
     "simulate_motor_session",
@@ -40,7 +40,7 @@ def write_sessions(sessions: list[Session], out_dir: str | Path) -> list[Path]:
     """Save each session as ``out_dir/<session_id>.npz`` (creating ``out_dir``); returns the paths.
 
     Raises :class:`~possm_plugin.errors.DataError` if two sessions share an id (one would overwrite
-    the other) or an item is not a :class:`~possm_plugin.session.Session`.
+    the other) or an item is not a :class:`~possm_plugin.data.session.Session`.
     """
     sessions = list(sessions)
     seen: set[str] = set()

@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
-from .ids import sim_session_id
-from .spiking import (
+from possm_plugin.data.session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
+from possm_plugin.errors import ConfigError
+from possm_plugin.sim.ids import sim_session_id
+from possm_plugin.sim.spiking import (
     DT_S,
     MIN_SESSION_S,
     check_int,
@@ -116,7 +116,7 @@ def simulate_handwriting_session(
         drift_scale: multiplies the subject's drift of tuning across session indices.
 
     Returns:
-        A validated :class:`~possm_plugin.session.Session`: ``trial_labels`` in ``0..n_classes-1``,
+        A validated :class:`~possm_plugin.data.session.Session`: ``trial_labels`` in ``0..n_classes-1``,
         ``targets`` = pen velocity in cm/s at 100 Hz (``target_scale`` 20), phase HOLD during pauses
         and REACH while writing.
     """

@@ -5,7 +5,7 @@ arguments), so its id carries all four: ``sim-{subject}-seed{seed}-s{index:03d}`
 ``sim-{subject}-seed{seed}-hw-s{index:03d}`` for handwriting and ``sim-{subject}-seed{seed}-ph-s{index:03d}``
 for phonemes; e.g. ``sim-m0-seed0-s000`` and ``sim-m0-seed99-s000`` are two different sessions (the
 unit ids follow: ``<session id>/u000``, ...). The content fingerprint
-(:attr:`~possm_plugin.session.Session.fingerprint`) tells apart what the id still does not, such as
+(:attr:`~possm_plugin.data.session.Session.fingerprint`) tells apart what the id still does not, such as
 two durations.
 
 ``id_prefix`` replaces everything before ``-s{index:03d}``: ``id_prefix="sim-m0"`` gives the ids of
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import ConfigError
+from possm_plugin.errors import ConfigError
 
 __all__ = ["default_prefix", "legacy_prefix", "sim_session_id", "parse_sim_session_id"]
 

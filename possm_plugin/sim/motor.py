@@ -23,10 +23,10 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
-from .ids import sim_session_id
-from .spiking import (
+from possm_plugin.data.session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
+from possm_plugin.errors import ConfigError
+from possm_plugin.sim.ids import sim_session_id
+from possm_plugin.sim.spiking import (
     DT_S,
     MIN_SESSION_S,
     check_int,
@@ -140,7 +140,7 @@ def simulate_motor_session(
         drift_scale: multiplies the subject's drift of tuning across session indices (0: none).
 
     Returns:
-        A validated :class:`~possm_plugin.session.Session` with ``task="regression"``, targets
+        A validated :class:`~possm_plugin.data.session.Session` with ``task="regression"``, targets
         ``["vx", "vy"]`` in cm/s at 100 Hz, phases, one trial per reach and ``target_scale=20``.
     """
     session_index = check_int("session_index", session_index, minimum=0)

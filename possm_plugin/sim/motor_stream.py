@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError
-from .spiking import (
+from possm_plugin.errors import ConfigError
+from possm_plugin.sim.spiking import (
     DT_S,
     MAX_RATE_HZ,
     VELOCITY_NORM_CM_S,

@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
-from .ids import sim_session_id
-from .spiking import (
+from possm_plugin.data.session import PHASE_HOLD, PHASE_OTHER, PHASE_REACH, Session
+from possm_plugin.errors import ConfigError
+from possm_plugin.sim.ids import sim_session_id
+from possm_plugin.sim.spiking import (
     DT_S,
     MIN_SESSION_S,
     POOL_MAX,

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from possm_plugin.errors import ConfigError
 
 __all__ = [
     "DT_S",

@@ -1,2 +1,2 @@
 """The real recordings bundled with possm-plugin (see README.md here and
-:func:`possm_plugin.importers.bundled_sessions`)."""
+:func:`possm_plugin.data.importers.bundled_sessions`)."""

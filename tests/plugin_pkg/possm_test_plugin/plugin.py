@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from possm_plugin.backbones import Backbone
-from possm_plugin.io import SpikeBatch, SpikeSource
+from possm_plugin.model.backbones import Backbone
 from possm_plugin.plugins import hookimpl
+from possm_plugin.realtime.io import SpikeBatch, SpikeSource
 
 
 class LSTMBackbone(Backbone):

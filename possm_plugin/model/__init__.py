@@ -1,0 +1,1 @@
+"""The POSSM model: configuration, tokenizer, vocabulary, network, backbones and checkpoints."""

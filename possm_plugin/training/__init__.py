@@ -1,0 +1,1 @@
+"""Training: the recipe, the training loop (single process and torchrun), fine-tuning, evaluation, metrics."""
