@@ -80,12 +80,9 @@ from .redis_io import (  # noqa: F401  (re-exported: this module was their home 
     RedisUnavailable,
     StreamReader,
     StreamWriter,
-    _as_float,
-    _as_int,
-    _as_list,
-    _opt,
     _RateLimited,
 )
+from .redis_options import _as_float, _as_int, _as_list, _opt  # noqa: F401
 
 __all__ = [
     "RedisOptions",
