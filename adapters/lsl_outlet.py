@@ -1,6 +1,13 @@
 """The LSL prediction sink (outlet): one float32 channel per decoded variable, stamped with the chunk's
 end on the inlet's clock, and an optional telemetry outlet. Registered (and importable) through
-:mod:`possm_plugin.adapters.lsl`, whose docstring describes both directions.
+:mod:`possm_plugin.adapters.lsl`, whose docstring describes the inlet.
+
+Output: :class:`LSLSink` opens an outlet with one float32 channel per decoded variable (labels and
+units in ``desc/channels``), nominal rate ``1 / chunk_step``, a stable source_id, and stamps each
+sample with its chunk's end time (on the inlet's clock, which is ``local_clock()`` after clock
+sync). ``telemetry=True`` adds a second outlet ``<name>-telemetry`` with, per chunk,
+``compute_ms`` (the model step), ``publish_ms`` (chunk end -> this push), ``n_spikes`` and
+``chunk_index`` (chunks since the grid was anchored), stamped like the prediction.
 """
 
 from __future__ import annotations

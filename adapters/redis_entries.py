@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from possm_plugin.adapters.redis_io import _as_float, _as_int, _RateLimited
+from possm_plugin.adapters.redis_io import _RateLimited
+from possm_plugin.adapters.redis_options import _as_float, _as_int
 from possm_plugin.errors import ConfigError
 from possm_plugin.realtime.binned_events import binned_to_events
 from possm_plugin.realtime.io import Prediction, SpikeBatch

@@ -76,12 +76,9 @@ from possm_plugin.adapters.redis_io import (  # noqa: F401  (re-exported: this m
     RedisUnavailable,
     StreamReader,
     StreamWriter,
-    _as_float,
-    _as_int,
-    _as_list,
-    _opt,
     _RateLimited,
 )
+from possm_plugin.adapters.redis_options import _as_float, _as_int, _as_list, _opt  # noqa: F401
 from possm_plugin.errors import ConfigError
 from possm_plugin.plugins.markers import hookimpl
 from possm_plugin.realtime.io import Prediction, PredictionSink, SpikeBatch, SpikeSource

@@ -60,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.lsl:
         if args.task != "motor":
             raise ConfigError("--lsl streams a motor session (spikes + true velocity); drop --task")
+        from possm_plugin.adapters.lsl_log import set_liblsl_log_level
         from possm_plugin.sim.lsl import run_from_args
 
+        set_liblsl_log_level(getattr(args, "log_level", "INFO"))  # before anything talks to liblsl, as possm-lsl
         args.subject = args.subject or "m0"
         return run_from_args(args)
     if not args.out:
