@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from redis_helpers import redis_server  # noqa: F401  (fixture)
 from reliability_helpers import wait_for
@@ -81,6 +82,7 @@ def run_example(port: int, save: Path, seconds: float = 3.0) -> str:
     return res.stdout
 
 
+@pytest.mark.slow
 def test_run_without_brand_gives_the_same_predictions_on_a_used_redis(redis_server, tmp_path):  # noqa: F811
     """The second run finds the first run's streams (state, outputs, input) in Redis; it must read only
     its own entries and the node must not replay the earlier input: same predictions, same count."""

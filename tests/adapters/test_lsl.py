@@ -53,6 +53,7 @@ def _node_args(name, ck, out, *extra):
             "--resolve-timeout", "30", "--log-level", "WARNING", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["events", "binned"])
 def test_node_publishes_one_sample_per_chunk_equal_to_offline_forward(form, sim_checkpoint, procs):
     name, out = lh.unique(f"spk-{form}"), lh.unique("possm")
@@ -117,6 +118,7 @@ def test_node_publishes_one_sample_per_chunk_equal_to_offline_forward(form, sim_
     assert np.abs(offline[k]).max() > 1e-3  # a real comparison, not of zeros
 
 
+@pytest.mark.slow
 def test_stream_without_labels_needs_session_and_maps_channels_in_order(sim_checkpoint, procs, capsys):
     name = lh.unique("nolabels")
     procs.append(lh.start_sim(name, duration=40, extra=["--no-labels"]))
@@ -153,6 +155,7 @@ def test_unknown_units_message_names_them_and_how_to_calibrate(procs, tmp_path):
         lsl_node.run(args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("same_source_id", [True, False], ids=["same-source-id", "new-source-id"])
 def test_source_that_vanishes_and_returns_resumes_with_fresh_state(same_source_id, sim_checkpoint, procs):
     name, sid = lh.unique("flaky"), lh.unique("sid")
@@ -387,6 +390,7 @@ def test_idle_watermark_decodes_silence_but_waits_for_a_stalled_sender():
         src.disconnect()
 
 
+@pytest.mark.slow
 def test_clock_lag_auto_closes_chunks_by_the_clock_and_follows_the_senders_delay():
     """clock_lag="auto": while data flow, the watermark trails the clock by a lag learnt from the
     arrival delays, short for a sender pushing every millisecond, long for one pushing in 30 ms batches."""

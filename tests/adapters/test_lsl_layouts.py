@@ -107,6 +107,7 @@ def test_labels_that_could_be_fields_or_electrodes_are_read_as_electrodes_with_a
         LSLSource(name, n_units=0)
 
 
+@pytest.mark.slow
 def test_liblsl_info_lines_stay_off_the_terminal_unless_debug(tmp_path):
     """A process that sets liblsl's level from --log-level INFO prints none of liblsl's INFO| lines (which
     it prints at start-up with a config file that sets no level); at DEBUG it does."""

@@ -233,6 +233,7 @@ def test_poyo_training_updates_every_part(sim):
     assert unchanged == [], unchanged  # gradients reach the unit embeddings, encoder, latents and readout
 
 
+@pytest.mark.slow
 def test_poyo_learns_a_small_session_when_given_enough_steps(sim):
     """POYO sits near R2 0 for its first ~100 steps (its latents must learn to look at spikes near
     their own times) and the accuracy benchmark once stopped it after 30 (5 'epochs' of ~6 steps of

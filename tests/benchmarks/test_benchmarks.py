@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +21,7 @@ def _latency_module():
     return mod
 
 
+@pytest.mark.slow
 def test_latency_json_has_the_documented_keys_and_every_engine():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--quick", "--json", "--no-lsl", "--sizes", "small",
@@ -74,6 +76,7 @@ def test_split_latency_binned_waits_for_the_push_of_the_chunks_last_bin():
     np.testing.assert_allclose(r["wait_ms"]["p50"] + r["node_ms"]["p50"], r["before_end_ms"]["p50"] + r["after_end_ms"]["p50"], atol=1e-9)
 
 
+@pytest.mark.slow
 def test_lsl_end_to_end_runs_for_both_stream_forms():
     """The benchmark's three processes over real LSL (short): every chunk's prediction arrives and
     each is matched to its pushes. Binned: most chunks' last spike rides in the push that completes

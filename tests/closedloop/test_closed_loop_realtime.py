@@ -19,6 +19,7 @@ from possm_plugin.realtime.demo import _stop
 from possm_plugin.sim.motor_stream import MotorSpikeStream
 
 
+@pytest.mark.slow
 def test_realtime_loop_matches_in_process_decoding(tmp_path):
     stream = MotorSpikeStream(10, noise_seed=0)
     model = make_tiny_model(n_units=stream.n_units, session=stream.session_id)
@@ -50,6 +51,7 @@ def test_realtime_loop_matches_in_process_decoding(tmp_path):
     assert err < 0.1 * np.abs(offline[fresh]).mean()
 
 
+@pytest.mark.slow
 def test_cli_realtime_runs_possm_over_lsl(tmp_path, capsys):
     import json
 

@@ -172,6 +172,7 @@ def test_building_one_engine_builds_no_other(monkeypatch):
         build_engine(m, engine="numpy", sessions=[0])
 
 
+@pytest.mark.slow
 def test_numba_is_imported_only_when_a_compiled_engine_is_built():
     """Importing the package, the decoder and the engines, and building a torch decoder, neither
     imports Numba nor compiles anything."""

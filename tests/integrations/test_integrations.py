@@ -351,6 +351,7 @@ def test_timeflux_events_input(checkpoint):
         binned.update()
 
 
+@pytest.mark.slow
 def test_timeflux_cli_runs_the_example(checkpoint):
     _need("timeflux", "timeflux")
     import signal
@@ -393,6 +394,7 @@ def test_timeflux_cli_runs_the_example(checkpoint):
     assert "POSSM: session 'sess0', 16 channels" in log
 
 
+@pytest.mark.slow
 def test_ezmsg_example_runs(checkpoint):
     _need("ezmsg.core", "ezmsg")
     import subprocess

@@ -16,6 +16,7 @@ from possm_plugin.realtime.demo import format_report, run_demo
 from possm_plugin.sim.lsl import SimulatedLSLStream
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", [[], ["--form", "binned", "--bin-rate", "1000"]], ids=["events", "binned-1kHz"])
 def test_demo_streams_decodes_and_reports(tmp_path, form):
     tag = uuid.uuid4().hex[:8]

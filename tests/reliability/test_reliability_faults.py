@@ -105,6 +105,7 @@ class Consumer:
         return sum(x > t for x in self.ts)
 
 
+@pytest.mark.slow
 def test_lsl_decoder_killed_then_source_killed_both_recover(sim_checkpoint, procs, tmp_path):
     name, sid, out = lh.unique("rel-spikes"), lh.unique("rel-sid"), lh.unique("rel-out")
     sim_cmd = console_script("possm", "possm_plugin.cli.main") + [
@@ -214,6 +215,7 @@ def _states(c, nickname: str = "possm") -> list[dict]:
     return [f for _, f in c.xrange(f"{nickname}_state")]
 
 
+@pytest.mark.slow
 def test_brand_node_sigkill_and_restart_resumes_and_posts_what_it_lost(tmp_path, tiny_checkpoint, procs):
     """The node is SIGKILLed in the middle of a chunk, input keeps coming, the node starts again (its
     log file on a full disk): it resumes after the input entry that completed its last output, replays

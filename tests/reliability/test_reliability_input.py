@@ -760,6 +760,7 @@ def _binned_outlet(name: str, fmt: str = "float32"):
     return pylsl.StreamOutlet(info)
 
 
+@pytest.mark.slow
 def test_lsl_bins_with_nan_negative_and_fractional_counts_are_counted():
     name = lh.unique("bad-bins")
     outlet = _binned_outlet(name)

@@ -227,6 +227,7 @@ def _torchrun_two_ranks(config: Path, data: Path, out: Path) -> dict:
     return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path, sessions):
     out = tmp_path / "run"
     res = _torchrun_two_ranks(run_inputs / "cfg.yaml", run_inputs / "data", out)
@@ -253,6 +254,7 @@ def test_two_cpu_ranks_under_torchrun_agree_on_the_weights(run_inputs, tmp_path,
     assert moved > 1e-3
 
 
+@pytest.mark.slow
 def test_recipe_features_work_under_torchrun(run_inputs, tmp_path, sessions):
     """The ranks run train.fit's loop: min_steps adds epochs, and with ema the validation, best.* and the
     weights every rank ends with are the average of the weights, while last.* holds the live ones."""

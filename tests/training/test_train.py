@@ -31,6 +31,7 @@ def motor():
     return simulate_motor_sessions(2, seed=7, duration_s=90.0)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_beats_a_zero_predictor(motor):
     cfg = TrainConfig(epochs=6, batch_size=32, lr=4e-3, progress=False, seed=0)
     m = build_model(TINY_SPEC, motor, seed=0)
@@ -49,6 +50,7 @@ def test_short_training_lowers_the_loss_and_beats_a_zero_predictor(motor):
     assert res["best"]["r2"] == pytest.approx(r2, abs=1e-6)  # model left at its best epoch
 
 
+@pytest.mark.slow
 def test_train_cli_style_run_writes_checkpoints_metrics_and_resumes(tmp_path, motor):
     write_sessions(motor, tmp_path / "data")
     cfg_file = tmp_path / "cfg.yaml"
@@ -91,6 +93,7 @@ def test_lamb_optimizer_trains(motor):
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
+@pytest.mark.slow
 def test_unit_identification_freezes_everything_but_new_rows(motor):
     m = build_model(TINY_SPEC, motor, seed=0)
     fit(m, motor, cfg=TrainConfig(epochs=2, batch_size=32, progress=False))
