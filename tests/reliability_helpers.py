@@ -1,4 +1,4 @@
-"""Shared pieces of the reliability suite (tests/test_reliability_*.py, tests/test_safety.py).
+"""Shared pieces of the reliability suite (tests/test_reliability_*.py, tests/reliability/test_safety.py).
 
 - ``PROPERTY``: the hypothesis settings every property test uses: derandomized (CI sees the same
   examples every run), no example database written to the working tree, no per-example deadline

@@ -1,7 +1,7 @@
 """One folding of a trained POSSM into the tables every inference engine reads.
 
 :func:`fold` rewrites the weight-only parts of :meth:`POSSM.step` once (all exact rewrites, up to
-float rounding; tests/test_engines.py checks every engine against ``model.step``):
+float rounding; tests/engines/test_engines.py checks every engine against ``model.step``):
 
 - Input attention scores. A token's key before rotation depends only on its unit and the latent
   queries are constant, so ``q . R(t) k_u = sum_f cos(w_f t) A[u,f] + sin(w_f t) B[u,f] + C[u]`` with

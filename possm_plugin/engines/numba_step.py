@@ -8,7 +8,7 @@ go to the BLAS (``sgemv``), which is what bounds o-POSSM (its ~22-31 MB of weigh
 memory each chunk).
 
 - Same mathematics as :meth:`POSSM.step`, over the tables of :func:`~possm_plugin.engines.fold.fold`:
-  outputs and states agree to float32 rounding (tests/test_engines.py, every built-in backbone).
+  outputs and states agree to float32 rounding (tests/engines/test_engines.py, every built-in backbone).
 - Compiled on first use (the first :class:`NumbaEngine` of a backbone kind in a process; never at
   import) and cached on disk (beside this package when it is writable, else in Numba's per-user cache
   directory): the first use in a fresh install compiles for ~10-30 s, later processes load the cache
