@@ -14,13 +14,19 @@ from here). The node
    ``n_channels`` against the session's unit count, unit ids the model does not know -- before reading
    any data; a problem is posted as ``{code: 1, status: error, message: ...}`` and logged, and the node
    exits with status 1;
-3. reads ``input_stream`` from the entry after the newest one at start-up (as BRAND nodes read ``$``),
-   turns every entry into spike events (:mod:`possm_plugin.adapters.redis_entries`, with the one
-   bins -> events conversion of :mod:`possm_plugin.realtime.binned_events`: a count in a bin is spread evenly
-   over it, each event at the centre of its share) and decodes it with the one decode call,
-   :meth:`StreamingDecoder.decode <possm_plugin.realtime.streaming.StreamingDecoder.decode>`, entry by entry,
-   so the entry that completes a chunk (the 50th of a 50 ms chunk of 1 ms crossings) produces its
-   prediction at once -- the same parser, batch and call as ``possm-lsl --source redis``;
+3. runs :class:`~possm_plugin.realtime.runner.DecoderRunner` -- ``possm-lsl``'s loop -- on a
+   :class:`~possm_plugin.adapters.redis_stream.RedisSource` reading ``input_stream`` from the entry
+   after the newest one at start-up (as BRAND nodes read ``$``) and a
+   :class:`~possm_plugin.adapters.redis_stream.RedisSink` writing ``output_stream``, both on the node's
+   one connection: each iteration is one XREAD (what has arrived, up to 1000 entries), its entries
+   turned into spike events (the one bins -> events conversion of
+   :mod:`possm_plugin.realtime.binned_events`: a count in a bin is spread evenly over it, each event at
+   the centre of its share) and decoded by the one decode call,
+   :meth:`StreamingDecoder.decode <possm_plugin.realtime.streaming.StreamingDecoder.decode>`, which
+   decodes every chunk they complete; their predictions are written at once, in one write. Live, a read
+   holds the one or two entries that arrived since the last, so the entry that completes a chunk (the
+   50th of a 50 ms chunk of 1 ms crossings) produces its prediction in the same iteration; a backlog
+   (after a stall or a restart) decodes exactly as it would have entry by entry;
 4. writes one entry per chunk to ``output_stream``: ``samples`` (float32 predictions, in the order of
    the checkpoint's output names), ``ts`` (uint64 ``time.monotonic_ns()`` at writing), ``i`` (uint64
    output counter), ``i_in`` (the ``i`` field of the input entry that completed the chunk, passed
@@ -58,19 +64,20 @@ Online calibration: for a session the checkpoint does not know, set ``calibrate_
 ``label_stream`` (``label_field``, float32 per entry, e.g. cursor velocity): the node collects that many
 seconds of spikes and labels, runs unit identification (:mod:`possm_plugin.realtime.calibration`) in the
 background while it keeps reading (its input is not decoded meanwhile), then decodes from the next
-entry on.
+entry on: calibration is a phase before the runner starts, as in ``possm-lsl --calibrate``.
 """
 
 from __future__ import annotations
 
-# the node's parts: parameters (brand_params), crash recovery (brand_resume), online calibration
-# (brand_calibration); the entry format and the output layout are redis_stream's, shared with possm-lsl
+# the node: RedisSource + RedisSink + DecoderRunner (shared with possm-lsl --source redis --sink redis), plus
+# BRAND's parts: parameters (brand_params), state posts (here), crash recovery (brand_resume), online
+# calibration (brand_calibration, a phase before the runner)
 import json
 import logging
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -82,12 +89,7 @@ from possm_plugin.adapters.brand_params import (
     read_node_parameters,
 )
 from possm_plugin.adapters.brand_resume import ResumeMixin
-from possm_plugin.adapters.redis_entries import (
-    EntryParser,
-    ParsedEntry,
-    batch_of,
-    prediction_entry,
-)
+from possm_plugin.adapters.redis_entries import EntryParser
 from possm_plugin.adapters.redis_io import (
     RedisConnection,
     RedisOptions,
@@ -95,7 +97,9 @@ from possm_plugin.adapters.redis_io import (
     StreamReader,
     StreamWriter,
 )
+from possm_plugin.adapters.redis_stream import RedisSink, RedisSource
 from possm_plugin.errors import ConfigError
+from possm_plugin.realtime.io import Prediction
 from possm_plugin.realtime.unit_map import (
     default_session,
     new_unit_ids,
@@ -103,13 +107,17 @@ from possm_plugin.realtime.unit_map import (
     unknown_units,
 )
 
+if TYPE_CHECKING:
+    from possm_plugin.realtime.runner import DecoderRunner
+
 __all__ = ["MIN_CALIBRATION_S", "SUPERGRAPH_STREAM", "BrandNode", "NodeParameters", "read_node_parameters"]
 
 log = logging.getLogger("possm_plugin.adapters.brand")
 
 
 class BrandNode(ResumeMixin, CalibrationMixin):
-    """One POSSM decoder node on a Redis server.
+    """One POSSM decoder node on a Redis server: a :class:`RedisSource`, a :class:`RedisSink` and a
+    :class:`DecoderRunner`, plus BRAND's parameters, state posts, crash resume and online calibration.
 
     Args:
         nickname: the node's nickname in the graph.
@@ -126,13 +134,12 @@ class BrandNode(ResumeMixin, CalibrationMixin):
         self.decoder = None
         self.session: str | None = None
         self.unit_ids: list[str] = []
-        self.parser: EntryParser | None = None
-        self.reader: StreamReader | None = None
-        self.writer: StreamWriter | None = None
+        self.source: RedisSource | None = None
+        self.sink: RedisSink | None = None
+        self.runner: DecoderRunner | None = None
         self.calibration: _Calibration | None = None
         self.model = None
         self.calibration_metrics: dict | None = None
-        self.outputs = 0
         self.previous_state: dict | None = None
         self.resume_info: dict | None = None
         self.latency_ms: list[float] = []
@@ -141,6 +148,28 @@ class BrandNode(ResumeMixin, CalibrationMixin):
 
     def _on_reconnect(self) -> None:
         self._reconnected = True
+
+    # the source's and the sink's parts that resume, calibration and the tests use
+    @property
+    def parser(self) -> EntryParser | None:
+        return None if self.source is None else self.source.parser
+
+    @property
+    def reader(self) -> StreamReader | None:
+        return None if self.source is None else self.source.reader
+
+    @property
+    def writer(self) -> StreamWriter | None:
+        return None if self.sink is None else self.sink.writer
+
+    @property
+    def outputs(self) -> int:
+        """Output entries written (the next one's ``i``)."""
+        return 0 if self.sink is None else self.sink.i
+
+    @outputs.setter
+    def outputs(self, i: int) -> None:
+        self.sink.i = int(i)
 
     # -- state and setup -------------------------------------------------------------------------
     def post_state(self, status: str, *, code: int = 0, **extra: Any) -> None:
@@ -168,7 +197,8 @@ class BrandNode(ResumeMixin, CalibrationMixin):
         return self.params
 
     def setup(self, params: NodeParameters | None = None) -> None:
-        """Load the checkpoint and check everything against it (raises ConfigError/CheckpointError)."""
+        """Load the checkpoint and check everything against it (raises ConfigError/CheckpointError),
+        then connect the source (``$`` resolved now: entries from this moment on are ours) and the sink."""
         from possm_plugin.model.checkpoint import load_checkpoint
         from possm_plugin.realtime.streaming import StreamingDecoder
         from possm_plugin.realtime.threads import set_cpu_threads
@@ -221,87 +251,72 @@ class BrandNode(ResumeMixin, CalibrationMixin):
                 seconds=float(p.calibrate_seconds), label_reader=StreamReader(self.conn, p.label_stream, start="$"),
                 label_field=p.label_field.encode(), label_dtype=np.dtype(p.label_dtype),
             )
-        n = len(self.unit_ids)
-        self.parser = EntryParser(
-            kind=p.input_kind, n_channels=n, field=p.input_field, dtype=p.input_dtype, bin_size_ms=p.bin_size_ms,
-            clock=p.clock, time_field=p.time_key, timestamps_rate=p.timestamps_rate,
-        )
-        self.reader = StreamReader(self.conn, p.input_stream, start=p.start)
-        self.writer = StreamWriter(self.conn, p.output_stream or self.nickname, maxlen=p.output_maxlen)
-        self._out_field = p.output_field
-        self._out_dtype = np.dtype(p.output_dtype)
-        self._time_key = p.time_key
-        self._passthrough = (p.sync_key.encode(),)
         self._time_key_b = p.time_key.encode()
+        self.source = RedisSource(
+            p.input_stream, conn=self.conn, kind=p.input_kind, unit_ids=self.unit_ids, field=p.input_field, dtype=p.input_dtype,
+            bin_size_ms=p.bin_size_ms, clock=p.clock, time_field=p.time_key, timestamps_rate=p.timestamps_rate, start=p.start,
+            passthrough=[p.sync_key],
+        )
+        self.sink = RedisSink(p.output_stream or self.nickname, conn=self.conn, field=p.output_field, dtype=p.output_dtype,
+                              maxlen=p.output_maxlen, time_key=p.time_key)
+        self.source.connect()
+        self.sink.connect(output_names=list(model.config.output_names), chunk_step=float(model.config.chunk_step))
         log.info(
             "POSSM node %r: %s %s (%d channels, %s) from %r -> %r; session %r; chunks %g ms; %s",
-            self.nickname, p.input_kind, p.input_dtype or "default dtype", n, p.clock, p.input_stream,
-            p.output_stream or self.nickname, self.session, model.config.chunk_width * 1e3,
+            self.nickname, p.input_kind, p.input_dtype or "default dtype", len(self.unit_ids), p.clock, p.input_stream,
+            self.sink.stream, self.session, model.config.chunk_width * 1e3,
             "decoding" if self.decoder is not None else f"calibrating for {p.calibrate_seconds:g} s first",
         )
 
-    # -- the loop --------------------------------------------------------------------------------
+    # -- running: calibration (if asked), then the runner ------------------------------------------
     def run(self, *, block_ms: int = 100) -> dict:
         """Decode until :attr:`stop` is set; returns :meth:`stats`."""
-        if self.parser is None:
+        from possm_plugin.realtime.runner import DecoderRunner
+
+        if self.source is None:
             self.setup()
-        assert self.reader is not None and self.writer is not None and self.parser is not None
         try:
             self.resume_info = self._resume()
         except RedisUnavailable:
             self.resume_info = None
-        try:
-            self.reader.position()  # resolve '$' now (unless resuming): entries from this moment on are ours
-        except RedisUnavailable:
-            pass
-        if self.calibration is not None:
-            try:
-                self.calibration.label_reader.position()
-            except RedisUnavailable:
-                pass
         extra = {}
         if self.resume_info is not None:
             extra = {"message": self.resume_info["message"], "resume": {k: v for k, v in self.resume_info.items() if k != "message"}}
-        self.post_state("running" if self.decoder is not None else "calibrating", **extra)
-        while not self.stop.is_set():
-            entries = self.reader.read(block_ms)
-            t_read = time.perf_counter()
-            for eid, flds in entries:
-                pe = self.parser.parse(eid, flds)
-                if self.decoder is None:
-                    self._collect(pe)
-                    continue
-                self._decode(pe, t_read)
-            if self.calibration is not None:
-                self._poll_calibration()
-            if self.writer.pending:
-                self.writer.flush()
-            if self._reconnected and self.conn.is_up:  # a restarted server lost the state stream: post it again
-                self._reconnected = False
-                self.post_state("running" if self.decoder is not None else "calibrating", message="reconnected to Redis")
-        self.writer.flush()
+        self.post_state(self._status(), **extra)
+        if self.calibration is not None:
+            self._calibrate(poll=block_ms / 1e3)  # until the calibrated decoder is built (or stop)
+        if self.decoder is None:  # stopped while calibrating
+            self.sink.disconnect()
+            return self.stats()
+        self.runner = DecoderRunner(self.source, self.decoder, [self.sink], stop_event=self.stop, poll_timeout=block_ms / 1e3,
+                                    on_predictions=self._record_latency, on_step=self._after_step)
+        self.runner.run()
         return self.stats()
 
-    def _decode(self, pe: ParsedEntry, t_read: float) -> None:
-        preds = self.decoder.decode(batch_of([pe], passthrough=self._passthrough, time_field=self._time_key_b))
-        if not preds:
-            return
-        for pred in preds:
-            self.writer.add(prediction_entry(pred, field=self._out_field, dtype=self._out_dtype, i=self.outputs, time_key=self._time_key))
-            self.outputs += 1
-        self.writer.flush()
-        ms = (time.perf_counter() - t_read) * 1e3
-        self.latency_ms.append(ms)
+    def _status(self) -> str:
+        return "running" if self.decoder is not None else "calibrating"
+
+    def _after_step(self) -> None:
+        """After every iteration: write what was queued while Redis was unreachable, and post the state
+        again after a reconnection (a restarted server lost the state stream)."""
+        if self.sink.writer.pending:
+            self.sink.writer.flush()
+        if self._reconnected and self.conn.is_up:
+            self._reconnected = False
+            self.post_state(self._status(), message="reconnected to Redis")
+
+    def _record_latency(self, preds: list[Prediction]) -> None:  # noqa: ARG002
+        """Read (the XREAD that returned the completing entry) -> predictions written, in ms."""
+        self.latency_ms.append((time.perf_counter() - self.source.read_at) * 1e3)
         if len(self.latency_ms) > 100_000:
             del self.latency_ms[:50_000]
 
     # -- reporting -------------------------------------------------------------------------------
     def stats(self) -> dict:
         s: dict[str, Any] = {"outputs": self.outputs}
-        if self.parser is not None:
-            s["input"] = self.parser.stats()
-        if self.reader is not None:
-            s["stream_resets"] = self.reader.stream_resets
+        if self.source is not None:
+            s["input"] = self.source.parser.stats()
+            s["stream_resets"] = self.reader.stream_resets if self.reader is not None else 0
         s["reconnects"] = self.conn.reconnects
         if self.writer is not None:
             s["outputs_dropped"] = self.writer.dropped

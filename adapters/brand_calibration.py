@@ -1,5 +1,6 @@
-"""``possm-brand`` online calibration: collect spikes and labels, run unit identification in the
-background while the node keeps reading, then decode from the next entry on.
+"""``possm-brand`` online calibration, a phase before the runner starts: collect spikes and labels,
+run unit identification in the background while the node keeps reading (and dropping) its input, then
+build the calibrated decoder, which the runner decodes with from the next entry on.
 
 A mixin of :class:`~possm_plugin.adapters.brand.BrandNode` (see its module docstring, "Online
 calibration").
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from possm_plugin.adapters.redis_entries import ParsedEntry
-from possm_plugin.adapters.redis_io import StreamReader
+from possm_plugin.adapters.redis_io import RedisUnavailable, StreamReader
 
 __all__ = ["CalibrationMixin"]
 
@@ -46,7 +47,21 @@ class _Calibration:
 
 class CalibrationMixin:
     """Online calibration of :class:`~possm_plugin.adapters.brand.BrandNode` (uses its params, model,
-    session, unit_ids, calibration, stop and post_state)."""
+    session, unit_ids, calibration, source, stop and post_state)."""
+
+    def _calibrate(self, *, poll: float) -> None:
+        """Read the source (``poll`` s per read) and calibrate until the calibrated decoder is built
+        (:attr:`decoder` set) or :attr:`stop` is set."""
+        try:
+            self.calibration.label_reader.position()  # labels from this moment on
+        except RedisUnavailable:
+            pass
+        while self.decoder is None and not self.stop.is_set():
+            self.source.acquire(timeout=poll)
+            for pe in self.source.last_entries:
+                self._collect(pe)
+            self._poll_calibration()
+            self._after_step()
 
     def _collect(self, pe: ParsedEntry) -> None:
         cal = self.calibration

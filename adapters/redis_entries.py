@@ -224,7 +224,7 @@ def batch_of(parsed: list[ParsedEntry], *, passthrough: tuple[bytes, ...] = (b"s
     last watermark, the first bin's start (anchors the chunk grid on bin edges) and, per entry, its
     watermark and :func:`entry_fields` (made only for the entries that complete a chunk), so that each
     prediction carries the entry that completed it."""
-    if len(parsed) == 1:  # possm-brand: one entry per call
+    if len(parsed) == 1:  # the usual read live: one entry
         pe = parsed[0]
         if pe.watermark is None:
             return SpikeBatch(pe.channels, pe.times, None)

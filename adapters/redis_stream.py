@@ -51,6 +51,7 @@ holds the plugin source and sink, :mod:`possm_plugin.adapters.redis_entries` the
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import fields
 from typing import Any
 
@@ -131,15 +132,21 @@ class RedisSource(SpikeSource):
             (list or comma-separated; default ``sync``, BRAND's); ``i_in``, ``id_in`` and ``ts_in``
             always are (see :func:`entry_fields`).
         plus the connection options of :class:`RedisOptions` (host, port, socket, username, password,
-        ssl, ...).
+        ssl, ...), or ``conn``: a :class:`RedisConnection` to share (``possm-brand``'s; left open at
+        :meth:`disconnect`).
 
-    Each batch carries ``start``, its first bin's start, with which the decode loop anchors the chunk
-    grid on bin edges: with ``clock=tick`` the first entry read covers [0, 1 ms).
+    One :meth:`acquire` is one XREAD (up to ``count`` entries, default 1000): a batch with the events of
+    every entry it returned, their pass-through and per-entry watermarks (:func:`batch_of`), so that the
+    decode call decodes every chunk they complete at once, and a backlog read in one go decodes as it
+    would have entry by entry (its spike-free stretches are empty bins, not gaps). ``read_at``:
+    ``time.perf_counter()`` when the last read returned. Each batch carries ``start``, its first bin's
+    start, with which the decode loop anchors the chunk grid on bin edges: with ``clock=tick`` the first
+    entry read covers [0, 1 ms).
     """
 
     name = "redis"
 
-    def __init__(self, stream: str = "crossings", **options: Any) -> None:
+    def __init__(self, stream: str = "crossings", *, conn: RedisConnection | None = None, **options: Any) -> None:
         super().__init__()
         conn_opts, o = _split_options(options)
         known = {"kind", "field", "dtype", "bin_size_ms", "clock", "timestamps_rate", "n_channels", "unit_ids", "start", "count", "time_field",
@@ -157,7 +164,7 @@ class RedisSource(SpikeSource):
         n = n if n is not None else len(unit_ids)
         self.unit_ids = unit_ids if unit_ids is not None else [f"ch{i:03d}" for i in range(n)]
         self.stream = str(stream)
-        self.options = conn_opts
+        self.options = conn.options if conn is not None else conn_opts
         self.parser = EntryParser(
             kind=o.get("kind") or "crossings", n_channels=n, field=o.get("field"), dtype=o.get("dtype"),
             bin_size_ms=o.get("bin_size_ms"), clock=o.get("clock") or "tick", time_field=o.get("time_field") or "ts",
@@ -166,12 +173,15 @@ class RedisSource(SpikeSource):
         self.passthrough = tuple(k.encode() for k in _as_list("passthrough", o["passthrough"])) if o.get("passthrough") is not None else (b"sync",)
         self._start = "$" if o.get("start") is None else str(o["start"])  # "0" (read as the number 0) is a start too
         self._count = _as_int("count", o.get("count") or 1000, minimum=1)
-        self.conn: RedisConnection | None = None
+        self.conn: RedisConnection | None = conn
+        self._own_conn = conn is None
         self.reader: StreamReader | None = None
         self.last_entries: list[ParsedEntry] = []
+        self.read_at = 0.0
 
     def _connect(self, timeout: float | None) -> None:
-        self.conn = RedisConnection(self.options)
+        if self._own_conn:
+            self.conn = RedisConnection(self.options)
         self.conn.wait_until_up(5.0 if timeout is None else timeout)
         self.reader = StreamReader(self.conn, self.stream, start=self._start, count=self._count)
         self.reader.position()
@@ -179,12 +189,13 @@ class RedisSource(SpikeSource):
     def _acquire(self, timeout: float) -> SpikeBatch:
         assert self.reader is not None
         entries = self.reader.read(int(round(timeout * 1000)) if timeout > 0 else None)
+        self.read_at = time.perf_counter()
         parsed = [self.parser.parse(eid, flds) for eid, flds in entries]
         self.last_entries = parsed
         return batch_of(parsed, passthrough=self.passthrough, time_field=self.parser.time_field)
 
     def _disconnect(self) -> None:
-        if self.conn is not None:
+        if self.conn is not None and self._own_conn:
             self.conn.close()
 
     def stats(self) -> dict:
@@ -203,28 +214,38 @@ class RedisSink(PredictionSink):
     input entry's ``sync``, ``i_in``, ``id_in``, ``ts_in``), as ``possm-brand`` writes them.
 
     Options: stream (default ``possm``), field, dtype (``float32``/``float64``), maxlen (approximate
-    trimming), and the connection options of :class:`RedisOptions`.
+    trimming), time_key (the field stamped with ``monotonic_ns`` at writing, default ``ts``), and the
+    connection options of :class:`RedisOptions`, or ``conn``: a :class:`RedisConnection` to share
+    (``possm-brand``'s; left open at :meth:`disconnect`). Every :meth:`publish` is one write (one
+    pipeline for several predictions); ``i``: the counter of the next entry.
     """
 
     name = "redis"
 
-    def __init__(self, stream: str = "possm", *, field: str = "samples", dtype: str = "float32", maxlen: Any = None, **options: Any) -> None:
+    def __init__(self, stream: str = "possm", *, field: str = "samples", dtype: str = "float32", maxlen: Any = None, time_key: str = "ts",
+                 conn: RedisConnection | None = None, **options: Any) -> None:
         super().__init__()
         self.options, rest = _split_options(options)
         if rest:
-            raise ConfigError(f"redis sink: unknown option(s) {sorted(rest)}; known: {sorted(_REDIS_KEYS | {'stream', 'field', 'dtype', 'maxlen'})}")
+            known = _REDIS_KEYS | {"stream", "field", "dtype", "maxlen", "time_key"}
+            raise ConfigError(f"redis sink: unknown option(s) {sorted(rest)}; known: {sorted(known)}")
         if str(dtype) not in ("float32", "float64"):
             raise ConfigError(f"redis sink: dtype={dtype!r} must be float32 or float64")
         self.stream, self.field, self.dtype = str(stream), str(field), np.dtype(str(dtype))
         self.maxlen = _as_int("maxlen", maxlen, minimum=1) if _opt(maxlen) is not None else None
-        self.conn: RedisConnection | None = None
+        self.time_key = str(time_key)
+        self.conn: RedisConnection | None = conn
+        self._own_conn = conn is None
+        if conn is not None:
+            self.options = conn.options
         self.writer: StreamWriter | None = None
         self.output_names: list[str] = []
         self.i = 0
 
     def _connect(self, output_names: list[str], chunk_step: float) -> None:
         self.output_names = list(output_names)
-        self.conn = RedisConnection(self.options)
+        if self._own_conn:
+            self.conn = RedisConnection(self.options)
         self.conn.wait_until_up(5.0)
         self.writer = StreamWriter(self.conn, self.stream, maxlen=self.maxlen)
         log.info("writing predictions %s to Redis stream %r at %s", self.output_names, self.stream, self.options.describe())
@@ -232,14 +253,14 @@ class RedisSink(PredictionSink):
     def _publish(self, predictions: list[Prediction]) -> None:
         assert self.writer is not None
         for p in predictions:
-            self.writer.add(prediction_entry(p, field=self.field, dtype=self.dtype, i=self.i))
+            self.writer.add(prediction_entry(p, field=self.field, dtype=self.dtype, i=self.i, time_key=self.time_key))
             self.i += 1
         self.writer.flush()
 
     def _disconnect(self) -> None:
         if self.writer is not None and self.writer.pending:
             self.writer.flush()
-        if self.conn is not None:
+        if self.conn is not None and self._own_conn:
             self.conn.close()
 
 

@@ -17,7 +17,10 @@ source vanished and came back), the stream's state is reset and its chunk grid r
 first chunk after the gap; the skipped chunks are counted in ``chunks_skipped`` and the events still
 buffered for them in ``spikes_skipped``. Likewise a stretch of more than ``max_gap`` seconds without
 events inside the chunks a watermark completes (e.g. one far-off timestamp in a stream's first batch)
-is skipped, not decoded chunk by chunk. A watermark more than ``max_gap`` seconds *behind* the
+is skipped, not decoded chunk by chunk. Neither applies inside a batch whose per-entry watermarks
+(:attr:`SpikeBatch.marks`, e.g. one Redis entry per bin) advanced by at most ``max_gap`` at a time: its
+spike-free stretches were delivered as empty bins, so they are data, decoded as if each entry had come
+on its own (a backlog read in one go decodes as it would have live). A watermark more than ``max_gap`` seconds *behind* the
 stream's latest one means the source's clock restarted (or the latest time was bogus): the stream is
 reset and its grid re-anchored there.
 
@@ -178,16 +181,44 @@ class ChunkGrid:
         st = self.streams[stream]
         if batch.start is not None and st.t0 is None:
             self.advance(batch.start, stream=stream)  # anchor the grid on the first bin's start, with or without spikes
-        if len(batch.times):
-            self.push(batch.channels, batch.times, stream=stream)
-        preds = self.advance(batch.watermark, stream=stream)
+        runs = self._watermark_runs(batch, stream)
+        if len(batch.times):  # the events of a continuous run are not "future" up to its end
+            self.push(batch.channels, batch.times, stream=stream, watermark=max((wm for wm, c in runs if c), default=None))
+        preds: list[Prediction] = []
+        for wm, continuous in runs:
+            preds += self.advance_many({stream: wm}, continuous=continuous)
         if preds and batch.marks:
             attach_marks(preds, batch.marks)
         return preds
 
+    def _watermark_runs(self, batch: SpikeBatch, stream: int) -> list[tuple[float | None, bool]]:
+        """Where :meth:`decode` advances ``stream``: to ``batch.watermark`` with the gap rules when the
+        batch has no per-entry watermarks; else along them, one ``(watermark, True)`` per run of entries
+        whose watermark moved by at most ``max_gap`` at a time (continuous: no gap, no silence skipped)
+        and ``(watermark, False)`` for an entry after a larger step (a source that vanished, a clock
+        that restarted: the gap rules)."""
+        wms = [float(wm) for wm, _ in batch.marks if wm is not None]
+        if not wms:
+            return [(batch.watermark, False)]
+        runs: list[tuple[float | None, bool]] = []
+        prev = self.streams[stream].last_watermark
+        for wm in wms:
+            cont = prev is not None and abs(wm - prev) <= self.max_gap
+            if cont and runs and runs[-1][1]:
+                runs[-1] = (max(runs[-1][0], wm), True)
+            else:
+                runs.append((wm, cont))
+            if math.isfinite(wm):
+                prev = wm
+        if batch.watermark is not None and batch.watermark != wms[-1]:
+            runs.append((batch.watermark, False))
+        return runs
+
     # -- input -----------------------------------------------------------------------------
-    def push(self, channels: np.ndarray, times: np.ndarray, *, stream: int = 0) -> int:
-        """Buffer events (channel indices, times on the source clock); returns how many were kept."""
+    def push(self, channels: np.ndarray, times: np.ndarray, *, stream: int = 0, watermark: float | None = None) -> int:
+        """Buffer events (channel indices, times on the source clock); returns how many were kept.
+        ``watermark``: where the events' own batch is complete, when ahead of the stream's watermark
+        (events more than ``max_future`` after the later of the two are dropped)."""
         try:
             tt = np.asarray(times).reshape(-1)
         except (TypeError, ValueError):  # ragged nested sequences
@@ -241,8 +272,9 @@ class ChunkGrid:
                 self.stats.spikes_late += n_late
                 self._warn("late", "dropped %d late events (older than the last decoded chunk)", n_late)
                 chi, tt = chi[~late], tt[~late]
-            if st.last_watermark is not None:
-                fut = tt > st.last_watermark + self.max_future
+            ref = st.last_watermark if watermark is None or st.last_watermark is None else max(st.last_watermark, watermark)
+            if ref is not None:
+                fut = tt > ref + self.max_future
                 n_fut = int(fut.sum())
                 if n_fut:
                     self.stats.spikes_future += n_fut
@@ -280,8 +312,10 @@ class ChunkGrid:
         """Decode every chunk of ``stream`` that ends at or before ``watermark``."""
         return self.advance_many({stream: watermark})
 
-    def advance_many(self, watermarks: dict[int, float | None]) -> list[Prediction]:
-        """Decode ready chunks of several streams, batching streams that are ready together."""
+    def advance_many(self, watermarks: dict[int, float | None], *, continuous: bool = False) -> list[Prediction]:
+        """Decode ready chunks of several streams, batching streams that are ready together.
+        ``continuous``: the watermarks were reached in steps of at most ``max_gap`` (see
+        :meth:`_watermark_runs`): every chunk they complete is decoded, no gap or silence skipped."""
         pending: dict[int, int] = {}
         out: list[Prediction] = []
         for s, wm in watermarks.items():
@@ -310,7 +344,7 @@ class ChunkGrid:
             # events buffered inside the span make it a backlog (delivered late, all at once), not a gap:
             # _skip_silences below decodes them and skips only the real silences among them
             backlog = len(st.times) > 0 and st.times[0] < wm - self.max_gap
-            if wm - last_end > self.max_gap + self.chunk_width and st.next_chunk > 0 and not backlog:
+            if not continuous and wm - last_end > self.max_gap + self.chunk_width and st.next_chunk > 0 and not backlog:
                 n_ready = self.ready(wm, stream=s)
                 self._warn("gap", "stream %d: %.2f s without data; state reset, %d chunks skipped", s, wm - last_end, n_ready)
                 self.stats.chunks_skipped += n_ready
@@ -320,7 +354,7 @@ class ChunkGrid:
                 self.stats.spikes_skipped += int(len(keep) - keep.sum())
                 st.rows, st.times = st.rows[keep], st.times[keep]
                 continue
-            n = self._skip_silences(s, wm, out)
+            n = self.ready(wm, stream=s) if continuous else self._skip_silences(s, wm, out)
             if n:
                 pending[s] = n
         while pending:

@@ -37,7 +37,9 @@ class SpikeBatch:
         marks: pass-through of the input entries the batch holds, in order: ``(watermark, fields)``
             with the watermark after the entry and the fields a prediction completed by it carries
             in :attr:`Prediction.extra` (e.g. BRAND's ``sync``), a dict or a function that makes it
-            (called only for the entries that complete a chunk); empty: nothing to pass through.
+            (called only for the entries that complete a chunk); empty: nothing to pass through. The
+            decoder advances along these watermarks: a batch of entries whose watermark moved a bin at
+            a time decodes as entry by entry would (its spike-free stretches are data, not gaps).
         bins_invalid: bad (bin, channel) counts dropped when the batch was made from bins.
     """
 

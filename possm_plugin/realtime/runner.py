@@ -56,6 +56,7 @@ class DecoderRunner:
         duration: stop after this many seconds (None: run until stopped).
         poll_timeout: the longest one ``acquire`` call waits for data, seconds.
         on_predictions: called with each list of published predictions (e.g. a progress display).
+        on_step: called after every iteration (e.g. ``possm-brand``'s state post after a reconnection).
         error_backoff: pause after an acquisition error, seconds.
         warmup: throwaway steps of the decoder's engine before the loop starts
             (:meth:`~possm_plugin.realtime.streaming.StreamingDecoder.warmup`: keeps the first calls, slow,
@@ -72,6 +73,7 @@ class DecoderRunner:
         duration: float | None = None,
         poll_timeout: float = 0.005,
         on_predictions: Callable[[list[Prediction]], None] | None = None,
+        on_step: Callable[[], None] | None = None,
         error_backoff: float = 0.05,
         warmup: int = 5,
     ) -> None:
@@ -87,6 +89,7 @@ class DecoderRunner:
         self.poll_timeout = float(poll_timeout)
         self._overdue: float | None = None  # the chunk end the loop last woke for without closing it
         self.on_predictions = on_predictions
+        self.on_step = on_step
         self.error_backoff = float(error_backoff)
         self.warmup = int(warmup)
         self.acquire_errors = 0
@@ -120,6 +123,8 @@ class DecoderRunner:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self.step()
+                if self.on_step is not None:
+                    self.on_step()
         finally:
             self.runtime_s = time.monotonic() - t_start
             for sig, handler in restore.items():

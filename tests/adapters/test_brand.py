@@ -185,6 +185,31 @@ def test_binned_input(redis_server, tiny_checkpoint):
     np.testing.assert_allclose(np.stack([values(f) for _, f in out]), want, rtol=1e-5, atol=1e-5)
 
 
+def test_backlog_with_a_long_silence_is_decoded_like_live(redis_server, tiny_checkpoint):
+    """3 s of 10 ms bins already in the stream (``start: 0``), read in one XREAD, spike-free from 0.5 s to
+    2.5 s: every chunk is decoded (no gap, no reset), equal to the offline forward."""
+    c = redis_server.client()
+    publish_supergraph(c, "possm", {"input_stream": "binned_spikes", "input_kind": "binned", "input_dtype": "int8",
+                                    "bin_size_ms": 10, "checkpoint": str(tiny_checkpoint), "start": "0"})
+    rng = np.random.default_rng(4)
+    counts = rng.poisson(0.4, size=(300, N_UNITS)).astype(np.int8)
+    counts[50:250] = 0
+    p = c.pipeline(transaction=False)
+    for row in counts:
+        p.xadd("binned_spikes", {"samples": row.tobytes()})
+    p.execute()
+    with NodeThread(redis_server) as nt:
+        assert wait_for(lambda: c.xlen("possm") >= 60)
+        time.sleep(0.1)
+        out = outputs(c)
+    assert len(out) == 60 and nt.result["decoder"]["chunks_skipped"] == 0 and nt.result["decoder"]["resets"] == 0
+    b, u = np.nonzero(counts)
+    k = counts[b, u].astype(int)
+    ch = np.repeat(u, k)
+    tt = np.concatenate([(bi + (np.arange(ki) + 0.5) / ki) * 0.01 for bi, ki in zip(b, k)])
+    np.testing.assert_allclose(np.stack([values(f) for _, f in out]), offline(tiny_checkpoint, ch, tt, 60), rtol=1e-5, atol=1e-5)
+
+
 def test_malformed_entries_counted_and_skipped(redis_server, tiny_checkpoint):
     c = redis_server.client()
     publish_supergraph(c, "possm", {"input_stream": "thresh_cross", "n_channels": N_UNITS, "checkpoint": str(tiny_checkpoint)})

@@ -172,6 +172,59 @@ def test_short_silence_is_decoded_not_reset(rng):
     assert all(np.isfinite(p.values).all() for p in preds)
 
 
+def _entries_batch(ch, t, bins, *, bin_s=0.001):
+    """Events plus one mark per entry ``bins`` (bin indices), watermark = the bin's end, as a Redis
+    source's batch carries them (fields: the bin index)."""
+    marks = [((b + 1) * bin_s + 1e-6, {"bin": int(b)}) for b in bins]
+    return SpikeBatch(np.asarray(ch), np.asarray(t), marks[-1][0], start=float(bins[0]) * bin_s, marks=marks)
+
+
+def test_backlog_with_a_long_silence_and_a_continuous_watermark_is_decoded_not_skipped(rng):
+    """3 s of 1 ms entries read in one go (a backlog), spike-free from 0.5 to 2.5 s: the entries'
+    watermarks advanced 1 ms at a time, so the silence is data (empty bins), decoded as entry by
+    entry, equal to the offline forward; the same events without per-entry watermarks are skipped."""
+    model = make_tiny_model("gru")
+    ch1, t1 = poisson_spikes(rng, t_start=0.0, duration=0.5)
+    ch2, t2 = poisson_spikes(rng, t_start=2.5, duration=0.5)
+    ch, t = np.concatenate([ch1, ch2]), np.concatenate([t1, t2])
+    dec = StreamingDecoder(model, max_gap=1.0)
+    preds = dec.decode(_entries_batch(ch, t, np.arange(3000)))
+    assert [p.chunk_index for p in preds] == list(range(60))
+    assert dec.stats.chunks_skipped == 0 and dec.stats.resets == 0 and dec.stats.spikes_decoded == len(t)
+    np.testing.assert_allclose(np.stack([p.values for p in preds]), dec.decode_offline(ch, t, t0=0.0, n_chunks=60), rtol=1e-5, atol=1e-5)
+    assert [p.extra["bin"] for p in preds] == [50 * k + 49 for k in range(60)]  # the entry that completed each chunk
+    blind = StreamingDecoder(model, max_gap=1.0)  # one watermark for the whole batch: the silence looks like a gap
+    blind.decode(SpikeBatch(ch, t, 3.0 + 1e-6, start=0.0))
+    assert blind.stats.chunks_skipped > 0 and blind.stats.resets >= 1
+
+
+def test_backlog_longer_than_max_future_keeps_every_event(rng):
+    """8 s of 10 ms bins in one batch (more than max_future = 5 s past the stream's watermark): the
+    events were delivered with their bins, none is 'future'; every chunk equals the offline forward."""
+    model = make_tiny_model("gru")
+    ch, t = poisson_spikes(rng, t_start=0.0, duration=8.0)
+    dec = StreamingDecoder(model, max_future=5.0)
+    preds = dec.decode(_entries_batch(ch, t, np.arange(800), bin_s=0.01))
+    assert len(preds) == 160 and dec.stats.spikes_future == 0 and dec.stats.spikes_decoded == len(t)
+    np.testing.assert_allclose(np.stack([p.values for p in preds]), dec.decode_offline(ch, t, t0=0.0, n_chunks=160), rtol=1e-5, atol=1e-5)
+
+
+def test_a_watermark_step_beyond_max_gap_inside_a_batch_is_a_gap(rng):
+    """Entries up to 0.5 s, then (the source was away 2 s) entries from 2.5 s, in one batch: the chunks
+    before the step are decoded, the 40 inside it skipped with a reset, the rest decoded from a fresh state."""
+    model = make_tiny_model("gru")
+    ch1, t1 = poisson_spikes(rng, t_start=0.0, duration=0.5)
+    ch2, t2 = poisson_spikes(rng, t_start=2.5, duration=0.5)
+    dec = StreamingDecoder(model, max_gap=1.0)
+    bins = np.concatenate([np.arange(500), np.arange(2500, 3000)])
+    preds = dec.decode(_entries_batch(np.concatenate([ch1, ch2]), np.concatenate([t1, t2]), bins))
+    assert [p.chunk_index for p in preds] == list(range(10)) + list(range(50, 60))
+    assert dec.stats.chunks_skipped == 40 and dec.stats.resets == 1
+    np.testing.assert_allclose(np.stack([p.values for p in preds[:10]]), dec.decode_offline(ch1, t1, t0=0.0, n_chunks=10), rtol=1e-5, atol=1e-5)
+    fresh = StreamingDecoder(model).decode_offline(ch2, t2, t0=2.5, n_chunks=10)
+    np.testing.assert_allclose(np.stack([p.values for p in preds[10:]]), fresh, rtol=1e-5, atol=1e-5)
+
+
 # -- bad input --------------------------------------------------------------------------------------
 def test_bad_input_is_dropped_counted_and_harmless(rng):
     model = make_tiny_model("gru")
