@@ -358,7 +358,9 @@ class LSLSource(ResumeMixin, SpikeSource):
         if len(plausible):
             top = float(plausible.max())
             self._wm = top if self._wm is None else max(self._wm, top)
-        return SpikeBatch(ch, times, self._wm)
+        # LSL delivers each sample once: two samples of one electrode with one stamp are two spikes (a
+        # sender that stamps a whole push with one time, as the neural-data-simulator does), not a re-send
+        return SpikeBatch(ch, times, self._wm, distinct=True)
 
     def _discover(self, ch: np.ndarray) -> None:
         """Grow :attr:`unit_ids` to cover the largest valid electrode index in ``ch``."""

@@ -125,7 +125,8 @@ class ChunkGrid:
             self.advance(batch.start, stream=stream)  # anchor the grid on the first bin's start, with or without spikes
         runs = self._watermark_runs(batch, stream)
         if len(batch.times):  # the events of a continuous run are not "future" up to its end
-            self.push(batch.channels, batch.times, stream=stream, watermark=max((wm for wm, c in runs if c), default=None))
+            self.push(batch.channels, batch.times, stream=stream, watermark=max((wm for wm, c in runs if c), default=None),
+                      distinct=batch.distinct)
         preds: list[Prediction] = []
         for wm, continuous in runs:
             preds += self.advance_many({stream: wm}, continuous=continuous)
@@ -157,10 +158,13 @@ class ChunkGrid:
         return runs
 
     # -- input -----------------------------------------------------------------------------
-    def push(self, channels: np.ndarray, times: np.ndarray, *, stream: int = 0, watermark: float | None = None) -> int:
+    def push(self, channels: np.ndarray, times: np.ndarray, *, stream: int = 0, watermark: float | None = None,
+             distinct: bool = False) -> int:
         """Buffer events (channel indices, times on the source clock); returns how many were kept.
         ``watermark``: where the events' own batch is complete, when ahead of the stream's watermark
-        (events more than ``max_future`` after the later of the two are dropped)."""
+        (events more than ``max_future`` after the later of the two are dropped). ``distinct``: keep
+        events that share unit and time with another (:attr:`SpikeBatch.distinct`); else they are
+        dropped as duplicates."""
         try:
             tt = np.asarray(times).reshape(-1)
         except (TypeError, ValueError):  # ragged nested sequences
@@ -230,7 +234,8 @@ class ChunkGrid:
         order = np.lexsort((rows_all, times_all))  # by time, then unit
         rows_all, times_all = rows_all[order], times_all[order]
         dup = np.zeros(len(times_all), bool)
-        dup[1:] = (times_all[1:] == times_all[:-1]) & (rows_all[1:] == rows_all[:-1])
+        if not distinct:
+            dup[1:] = (times_all[1:] == times_all[:-1]) & (rows_all[1:] == rows_all[:-1])
         n_dup = int(dup.sum())
         if n_dup:
             self.stats.spikes_duplicate += n_dup

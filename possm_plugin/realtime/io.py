@@ -41,6 +41,10 @@ class SpikeBatch:
             decoder advances along these watermarks: a batch of entries whose watermark moved a bin at
             a time decodes as entry by entry would (its spike-free stretches are data, not gaps).
         bins_invalid: bad (bin, channel) counts dropped when the batch was made from bins.
+        distinct: every event is a spike of its own, even one with the unit and time of another (LSL
+            delivers each sample once; a sender that stamps a whole push with one time, as the
+            neural-data-simulator does, sends two spikes of one electrode with one stamp). False: such
+            an event is a re-sent one, dropped and counted as ``spikes_duplicate``.
     """
 
     channels: np.ndarray
@@ -50,6 +54,7 @@ class SpikeBatch:
     start: float | None = None  # earliest time covered (a binned source's first bin start): anchors the chunk grid
     marks: list[tuple[float, Any]] = field(default_factory=list)
     bins_invalid: int = 0
+    distinct: bool = False
 
     @classmethod
     def empty(cls, watermark: float | None = None) -> "SpikeBatch":

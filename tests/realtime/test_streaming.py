@@ -225,6 +225,28 @@ def test_a_watermark_step_beyond_max_gap_inside_a_batch_is_a_gap(rng):
     np.testing.assert_allclose(np.stack([p.values for p in preds[10:]]), fresh, rtol=1e-5, atol=1e-5)
 
 
+def test_distinct_batches_keep_spikes_that_share_unit_and_time(rng):
+    """A batch marked ``distinct`` (an LSL source: each sample arrives once) keeps two spikes of one unit
+    with one stamp, and decodes as offline with both; an unmarked batch drops the second as a re-send."""
+    model = make_tiny_model("gru")
+    ch, t = poisson_spikes(rng, t_start=0.0, duration=1.0)
+    ch2, t2 = np.concatenate([ch, ch[::7]]), np.concatenate([t, t[::7]])  # every 7th spike twice, same stamp
+    order = np.argsort(t2, kind="stable")
+    ch2, t2 = ch2[order], t2[order]
+    n_rep = len(ch[::7])
+    kept = StreamingDecoder(model)
+    preds = kept.decode(SpikeBatch(ch2, t2, 1.0, start=0.0, distinct=True))
+    assert kept.stats.spikes_duplicate == 0 and kept.stats.spikes_decoded == len(t2)
+    values = np.stack([p.values for p in preds])
+    np.testing.assert_allclose(values, kept.decode_offline(ch2, t2, t0=0.0, n_chunks=len(preds)), rtol=0, atol=1e-5)
+    dropped = StreamingDecoder(model)
+    preds_d = dropped.decode(SpikeBatch(ch2, t2, 1.0, start=0.0))
+    assert dropped.stats.spikes_duplicate == n_rep and dropped.stats.spikes_decoded == len(t)
+    np.testing.assert_allclose(np.stack([p.values for p in preds_d]),
+                               dropped.decode_offline(ch, t, t0=0.0, n_chunks=len(preds_d)), rtol=0, atol=1e-5)
+    assert np.abs(values - np.stack([p.values for p in preds_d])).max() > 1e-4  # the repeated spikes count
+
+
 # -- bad input --------------------------------------------------------------------------------------
 def test_bad_input_is_dropped_counted_and_harmless(rng):
     model = make_tiny_model("gru")
