@@ -94,7 +94,7 @@ def find_real_data(explicit: str | None = None) -> Path | None:
 def chewie(path: str):
     from possm_plugin.data.importers.binned import load_chewie
 
-    return load_chewie(path, placement="uniform", seed=0)
+    return load_chewie(path)
 
 
 def real_split(path: str, split: int):

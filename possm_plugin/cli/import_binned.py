@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target", default="velocity", help="key of the behaviour to decode (velocity, position, ...)")
     p.add_argument("--target-scale", type=float, default=None,
                    help="targets are divided by it for training (default: their std rounded to 1, 2 or 5 x 10^k)")
-    p.add_argument("--placement", choices=["uniform", "even"], default="uniform", help="where events go inside their bin")
+    p.add_argument("--placement", choices=["uniform", "even"], default="even", help="where events go inside their bin: evenly spread, as every live source puts them, or at seeded random times")
     p.add_argument("--seed", type=int, default=0, help="seed of the uniform placement")
     p.add_argument("--label-at", choices=["end", "center"], default="end", help="where each bin's behaviour is stamped")
     p.set_defaults(func=run)

@@ -60,9 +60,9 @@ def test_events_stay_in_their_bins(placement):
 
 def test_uniform_placement_is_seeded():
     counts = np.random.default_rng(0).poisson(2.0, size=(50, 4))
-    a = counts_to_events(counts, bin_s=0.05, seed=3)
-    b = counts_to_events(counts, bin_s=0.05, seed=3)
-    c = counts_to_events(counts, bin_s=0.05, seed=4)
+    a = counts_to_events(counts, bin_s=0.05, placement="uniform", seed=3)
+    b = counts_to_events(counts, bin_s=0.05, placement="uniform", seed=3)
+    c = counts_to_events(counts, bin_s=0.05, placement="uniform", seed=4)
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(a[0], c[0])
 
@@ -83,7 +83,7 @@ def test_session_from_counts_labels_at_bin_ends_or_centres():
     np.testing.assert_allclose(s.target_times, [0.1, 0.2, 0.3, 0.4])
     np.testing.assert_allclose(s.trials, [[0.0, 0.1], [0.1, 0.4]])
     assert s.unit_ids == ["b/u000", "b/u001"] and s.target_names == ["vx", "vy"] and s.target_scale == 2.0
-    assert s.meta["import"] == {"source": "binned", "bin_s": 0.1, "placement": "uniform", "seed": 0, "label_at": "end"}
+    assert s.meta["import"] == {"source": "binned", "bin_s": 0.1, "placement": "even", "seed": 0, "label_at": "end"}
     c = session_from_counts(counts, bin_s=0.1, targets=y, session_id="b", label_at="center")
     np.testing.assert_allclose(c.target_times, [0.05, 0.15, 0.25, 0.35])
     b = bin_session(s, width=0.1, step=0.1)
@@ -186,7 +186,7 @@ def test_import_binned_cli_round_trip(tmp_path, capsys):
     assert s.subject == "chewie" and s.target_scale == 10.0 and s.meta["file"] == src.name
     assert main(argv) == 0  # the same recording again: replaced
     capsys.readouterr()
-    assert main([*argv, "--seed", "1"]) == 1  # another recording under the same id: refused
+    assert main([*argv, "--placement", "uniform"]) == 1  # other spikes under the same id: refused
     err = capsys.readouterr().err.strip()
     assert err.startswith("possm import: error:") and "already holds another recording" in err and "--overwrite" in err
     assert main([*argv, "--seed", "1", "--overwrite"]) == 0

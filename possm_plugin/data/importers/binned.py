@@ -3,18 +3,20 @@
 Many public data sets keep only spike counts per time bin. POSSM reads spike *events*, so the
 importer puts each bin's count back as that many events inside the bin. Two placements:
 
-* ``"uniform"`` (default): each event at an independent uniformly random time inside its bin, from
-  a seeded generator (``seed``), so the same call always gives the same events;
-* ``"even"``: the ``n`` events of a bin at ``start + (j + 0.5) / n * bin_s`` (the centres of n equal
-  slots): exactly where every live source puts them, by the same function
-  (:func:`possm_plugin.realtime.binned_events.binned_to_events`). No randomness; spike timing within a bin
-  then carries no information.
+* ``"even"`` (default): the ``n`` events of a bin at ``start + (j + 0.5) / n * bin_s`` (the centres of n
+  equal slots): exactly where every live source puts them, by the same function
+  (:func:`possm_plugin.realtime.binned_events.binned_to_events`), so a model sees binned data placed one
+  way in training and live. No randomness; spike timing within a bin carries no information.
+* ``"uniform"``: each event at an independent uniformly random time inside its bin, from a seeded
+  generator (``seed``), so the same call always gives the same events. (The earlier default:
+  a session file imported then keeps its spikes; re-importing the raw file under its old id needs
+  ``placement="uniform"`` to match a checkpoint trained on it, or the identity check refuses it.)
 
 Either way the events stay strictly inside their bin, so binning them again on the same grid gives
 the original counts exactly. Training moves them again at random inside their bins in every window
-(``bin_jitter``), whatever the placement: the uniform default stays because a session's fingerprint
-(:attr:`~possm_plugin.data.session.Session.fingerprint`) covers its spike times, and checkpoints trained on imported
-sessions must keep recognising them. Bad counts (NaN, negative, not whole) refuse the file
+(``bin_jitter``), whatever the placement, so the placement matters for validation windows and for a
+session's fingerprint (:attr:`~possm_plugin.data.session.Session.fingerprint`), which covers its spike
+times. Bad counts (NaN, negative, not whole) refuse the file
 (``DataError``): an importer checks a file once, before any training, rather than dropping values.
 Bin ``k`` starts at ``t0 + k * bin_s`` (:func:`~possm_plugin.model.tokenize.chunk_starts`). Whatever
 happened inside a bin is lost: sub-bin timing in such a session is invented, and a model should not
@@ -105,7 +107,7 @@ def counts_to_events(
     *,
     bin_s: float,
     t0: float = 0.0,
-    placement: str = "uniform",
+    placement: str = "even",
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spike events of binned counts.
@@ -154,7 +156,7 @@ def session_from_counts(
     phase: np.ndarray | int = PHASE_OTHER,
     subject: str = "unknown",
     t0: float = 0.0,
-    placement: str = "uniform",
+    placement: str = "even",
     seed: int = 0,
     label_at: str = "end",
     target_scale: float = 1.0,
@@ -268,7 +270,7 @@ def load_binned(
     subject: str = "unknown",
     bin_s: float | None = None,
     target: str = "velocity",
-    placement: str = "uniform",
+    placement: str = "even",
     seed: int = 0,
     label_at: str = "end",
     target_scale: float | None = None,
@@ -350,7 +352,7 @@ def load_chewie(
     path: str | Path,
     *,
     target: str = "velocity",
-    placement: str = "uniform",
+    placement: str = "even",
     seed: int = 0,
     label_at: str = "end",
     target_scale: float = CHEWIE_TARGET_SCALE,
