@@ -222,7 +222,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     ap.add_argument("--quick", action="store_true", help="200 chunks instead of 2000")
     ap.add_argument("--chunks", type=int, default=None, help="number of 50 ms chunks (overrides --quick)")
     ap.add_argument("--model", choices=["default", "small", "tiny"], default="default",

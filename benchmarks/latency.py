@@ -327,7 +327,9 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", metavar="PATH", help="write the JSON object into PATH (docs/latency.json renders the docs' latency figures)")
     p.add_argument("--quick", action="store_true", help="fewer iterations")

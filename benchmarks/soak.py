@@ -189,7 +189,9 @@ def run_once(model, session: str, unit_ids: list[str], *, n_streams: int, durati
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--streams", default="8,32", help="comma-separated stream counts, one run each")
     p.add_argument("--duration", type=float, default=None, help="seconds per run (default 60; --quick: 10)")
     p.add_argument("--quick", action="store_true", help="10 s per run")
