@@ -70,7 +70,6 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own 
 import accuracy_lib as lib  # noqa: E402
 import accuracy_report as report  # noqa: E402
 from accuracy_lib import (  # noqa: E402
-    DATA_CANDIDATES,
     DATA_NAME,
     REPO,
     VALID_FRACTION,
@@ -460,11 +459,11 @@ def summarize(suite: Suite, results: dict, real_path: Path | None) -> dict:
     out["ctc"] = {m: round(results[("sequence", "ctc", m)]["token_error_rate"], 4) for m in ("possm", "gru_binned")}
     if real_path is not None:
         out["real"] = {m: _ms([results[("real", m, k)]["r2"] for k in range(suite.real_splits)]) for m in REAL_MODELS}
-        out["real_meta"] = {"file": str(real_path), "splits": suite.real_splits,
+        out["real_meta"] = {"file": real_path.name, "splits": suite.real_splits,
                             "protocol": "5 disjoint 80/20 folds of the shuffled trials (seed 0), the first `splits` used"}
     else:
         out["real"] = {}
-        out["real_meta"] = {"skipped": f"{DATA_NAME} not found in {[str(p.parent) for p in DATA_CANDIDATES]}"}
+        out["real_meta"] = {"skipped": f"{DATA_NAME} not found (neither bundled with the package nor at --data)"}
     # how far POSSM's training got: epochs run and the best validation epoch (0-based), per seed / split
     def ep(r: dict) -> list:
         return [r["epochs"], r["best_epoch"]]
@@ -524,7 +523,9 @@ def verdict(out: dict) -> dict:
 # CLI
 # =================================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], formatter_class=HelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the quick suite (about 8 min on a clean 2-core machine)")
     mode.add_argument("--smoke", action="store_true", help="every code path with 1 epoch on tiny sessions (for tests)")
@@ -534,8 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-json", default=None, metavar="PATH", help="also write the JSON to PATH")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="run nothing: print the tables (and with --report write the report) of a saved JSON")
-    p.add_argument("--data", default=None, help=f"the Chewie file or its folder (None: ../shared/data/{DATA_NAME}, "
-                   "then /work/shared/data)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help=f"the Chewie recording {DATA_NAME}, or a folder holding it (default: the one bundled with the package)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--device", default="cpu", help="device of the POSSM jobs (e.g. cuda; baselines stay on the CPU)")

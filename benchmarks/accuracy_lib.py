@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_NAME = "chewie_m1_center_out_2013-10-03_100ms.npz"
-DATA_CANDIDATES = (REPO / "possm_plugin" / "assets" / "data" / DATA_NAME,)  # bundled with the package
 TEST_FRACTION = 0.2
 VALID_FRACTION = 0.2  # of the training trials
 
@@ -82,12 +81,20 @@ def cut_trials(session, trials: np.ndarray):
 
 
 def find_real_data(explicit: str | None = None) -> Path | None:
-    for p in ([Path(explicit)] if explicit else list(DATA_CANDIDATES)):
-        if p.is_dir():
-            p = p / DATA_NAME
-        if p.is_file():
-            return p
-    return None
+    """The Chewie 2013-10-03 recording: ``explicit`` (the file, or a folder holding it), else the one
+    bundled with the package (``bundled_files``); None when it is not there."""
+    from possm_plugin.data.importers.binned import bundled_files
+    from possm_plugin.errors import DataError
+
+    if not explicit:
+        try:
+            return next((f for f in bundled_files() if f.name == DATA_NAME), None)
+        except DataError:  # the package data is missing
+            return None
+    p = Path(explicit)
+    if p.is_dir():
+        p = p / DATA_NAME
+    return p if p.is_file() else None
 
 
 @functools.lru_cache(maxsize=2)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 
 def rt_prefix(priority: int | None) -> list[str]:
@@ -17,6 +21,60 @@ def rt_prefix(priority: int | None) -> list[str]:
         print(f"note: cannot use real-time priority {priority} here (chrt missing or not permitted); running without", file=sys.stderr)
         return []
     return [chrt, "-f", str(priority)]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _l3_cache() -> str | None:
+    try:
+        return Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    except OSError:
+        return None
+
+
+def machine_info() -> dict:
+    """What a latency figure depends on besides the code: the CPU, its cores, the load on them and the
+    versions of the numerical libraries. Recorded in every benchmark JSON committed to ``docs/``."""
+    import numpy
+
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "l3_cache": _l3_cache(),
+            "python": f"{platform.python_implementation()} {platform.python_version()}", "numpy": numpy.__version__,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    for mod in ("torch", "numba"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    return info
+
+
+def run_info(script: str, argv: list[str] | None) -> dict:
+    """The command that produced a result (to rerun it), the day, and :func:`machine_info`."""
+    import datetime
+    import shlex
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {"command": shlex.join(["python", script, *args]), "date": datetime.date.today().isoformat(),
+            "machine": machine_info()}
+
+
+def write_json(result: dict, out: str | None) -> None:
+    """``result`` as one JSON object: on stdout, or (``--out PATH``) into that file, indented, for committing."""
+    if out is None:
+        print(json.dumps(result))
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def run_jobs(todo: list[tuple], run_job, suite_name: str, *, jobs: int, threads: int, init_worker, log, total: int,

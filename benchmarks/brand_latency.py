@@ -23,6 +23,7 @@ Usage::
     python benchmarks/brand_latency.py            # >= 2000 chunks (100 s)
     python benchmarks/brand_latency.py --quick    # 200 chunks
     python benchmarks/brand_latency.py --json
+    python benchmarks/brand_latency.py --out docs/brand-latency.json   # the docs' figures
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -45,7 +45,7 @@ import numpy as np
 if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmarks' shared helpers, when imported from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_util import rt_prefix  # noqa: E402
+from bench_util import rt_prefix, run_info, write_json  # noqa: E402
 
 ENTRIES_PER_CHUNK = 50
 
@@ -131,7 +131,7 @@ def pct(a: np.ndarray) -> dict:
             "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     import redis
 
     n_chunks = args.chunks or (200 if args.quick else 2000)
@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         warm = min(5, len(node_ms) // 10)  # the first chunks warm up caches
         out = {
             "benchmark": "brand_latency",
+            **run_info("benchmarks/brand_latency.py", argv),
             "chunks": len(node_ms) - warm,
             "chunks_expected": n_chunks,
             "channels": n_ch,
@@ -202,7 +203,6 @@ def run(args: argparse.Namespace) -> dict:
             "node_read_to_write_ms": stats.get("read_to_write_ms"),
             "node_outputs": stats.get("outputs"),
             "malformed": stats.get("input", {}).get("malformed_total"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
             "load_average_1min": round(os.getloadavg()[0], 2),
             "rt_priority": args.rt_priority if rt else None,
             "transport": "unix socket" if sock else "TCP loopback",
@@ -222,7 +222,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     ap.add_argument("--quick", action="store_true", help="200 chunks instead of 2000")
     ap.add_argument("--chunks", type=int, default=None, help="number of 50 ms chunks (overrides --quick)")
     ap.add_argument("--model", choices=["default", "small", "tiny"], default="default",
@@ -237,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
                          "supervisor runs nodes with run_priority; needs the permission to")
     ap.add_argument("--unix-socket", action="store_true", help="connect everything through a unix socket (BRAND's -s) instead of TCP")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--out", metavar="PATH", help="write the JSON object into PATH (docs/brand-latency.json renders the docs' BRAND latency)")
     args = ap.parse_args(argv)
-    res = run(args)
+    res = run(args, argv)
+    if args.json or args.out:
+        write_json(res, args.out)
     if args.json:
-        print(json.dumps(res))
         return 0
     n, rcv = res["node_ms"], res["received_ms"]
     print(f"BRAND latency, {res['chunks']} chunks of 50 ms, {res['channels']} channels at {res['spike_rate_hz']:g} Hz, "
@@ -254,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         w = res["node_read_to_write_ms"]
         print(f"  node: entry read -> output written:      p50 {w['p50']:.3f} ms  p99 {w['p99']:.3f} ms")
     rtp = f", SCHED_FIFO {res['rt_priority']}" if res.get("rt_priority") else ""
-    print(f"  target p99 <= {res['target_p99_ms']} ms; machine: {res['machine']}, load average {res['load_average_1min']}{rtp}")
+    m = res["machine"]
+    print(f"  target p99 <= {res['target_p99_ms']} ms; machine: {m['cpu']}, {m['cores']} cores, {m['python']}, "
+          f"load average {res['load_average_1min']}{rtp}")
     return 0
 
 

@@ -168,7 +168,9 @@ def write_report(report: dict, md: Path, png: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--json", action="store_true", help='print {"decoders", "seeds", "trials"} as JSON')
     p.add_argument("--save", default=None, help="write the full JSON (with details: per seed, trajectories, config) here")
     p.add_argument("--report", action="store_true", help="write docs/closed-loop.md and .png from docs/closed-loop.json")

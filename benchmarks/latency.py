@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py            # table
     python benchmarks/latency.py --json     # one JSON object
+    python benchmarks/latency.py --quick --profile --rt-priority 50 --out docs/latency.json   # the docs' figures
     python benchmarks/latency.py --quick    # fewer iterations
     python benchmarks/latency.py --profile  # also: where the step time goes (small GRU, 96 units)
 
@@ -47,7 +48,6 @@ machine's load average is printed: other work on the same cores shows in the p99
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -60,7 +60,7 @@ import numpy as np
 if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmarks' shared helpers, when imported from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_util import rt_prefix  # noqa: E402
+from bench_util import rt_prefix, run_info, write_json  # noqa: E402
 
 BACKBONES = ("gru", "s4d", "mamba")
 SIZES = ("small", "opossm")
@@ -126,7 +126,10 @@ def bench_compute(size: str, backbone: str, n_units: int, *, n_chunks: int, warm
             total.append((time.perf_counter() - s) * 1e3)
         res[engine] = {**pct(dec.stats.compute_ms[warmup:]), "decoder_ms": pct(total[warmup:])}
     head = res[next(iter(res))]
-    out = {**head, "engine": next(iter(res)), "n_parameters": model.n_parameters()}
+    cfg = model.config
+    out = {**head, "engine": next(iter(res)), "n_parameters": model.n_parameters(),
+           "n_parameters_without_embeddings": model.n_parameters() - model.unit_emb.weight.numel() - model.session_emb.weight.numel(),
+           "dim": cfg.dim, "backbone_kwargs": dict(cfg.backbone_kwargs)}
     if len(res) > 1:
         out["engines"] = res
     if paced:  # the headline engine at the real cadence, fed in 1 ms ticks like a live source
@@ -324,8 +327,11 @@ def bench_lsl(duration: float, *, threads: int, n_units: int = 96, rt_priority: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", metavar="PATH", help="write the JSON object into PATH (docs/latency.json renders the docs' latency figures)")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
     p.add_argument("--profile", action="store_true", help="time the parts of one step (small GRU, 96 units)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         engines = tuple(e for e in engines if e != "numba") or ("torch",)
     threads = set_cpu_threads(args.threads)
     n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 40) if args.quick else (600, 50, 30.0, 100)
-    result: dict = {"device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
+    result: dict = {**run_info("benchmarks/latency.py", argv), "device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
                     "numpy": np.__version__, "step": ENGINE_LABEL[engines[0]], "engines": list(engines),
                     "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
     for size in args.sizes.split(","):
@@ -384,9 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             for form, key in (("binned", "lsl_end_to_end_rt_ms"), ("events", "lsl_end_to_end_events_rt_ms")):
                 result[key] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority, form=form)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    if args.json:
-        print(json.dumps(result))
-    else:
+    if args.json or args.out:
+        write_json(result, args.out)
+    if not args.json:
         print(table(result))
     return 0
 

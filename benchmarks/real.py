@@ -380,7 +380,9 @@ def verdict(out: dict) -> dict:
 # CLI
 # =================================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default=None, metavar="DIR",
                    help="folder of session files (session NPZ format); default: the recordings bundled with the package")
     mode = p.add_mutually_exclusive_group()

@@ -216,12 +216,14 @@ def write_report(out: dict, md_path: Path, *, write_json: bool = True) -> list[P
 
 
 def main(argv: list[str] | None = None) -> int:
+    from possm_plugin.cli.formatter import HelpFormatter
+
     p = argparse.ArgumentParser(description="Re-render the real-data report from a saved JSON.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("json", nargs="?", default=str(DEFAULT_JSON), help="the benchmark's JSON")
+                                formatter_class=HelpFormatter)
+    p.add_argument("json", nargs="?", default=None, help="the benchmark's JSON (default: docs/real-data.json)")
     p.add_argument("--md", default=None, help="the markdown to write (default: beside the JSON, .md); the PNG goes beside it")
     args = p.parse_args(argv)
-    src = Path(args.json)
+    src = Path(args.json) if args.json else DEFAULT_JSON
     out = json.loads(src.read_text())
     md = Path(args.md) if args.md else src.with_suffix(".md")
     same = md.with_suffix(".json").resolve() == src.resolve()

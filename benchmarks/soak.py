@@ -2,6 +2,7 @@
 
     python benchmarks/soak.py                    # 8 and 32 streams, 60 s each, a table
     python benchmarks/soak.py --quick --json     # 8 and 32 streams, 10 s each (~20 s), one JSON object per run
+    python benchmarks/soak.py --quick --out docs/soak.json   # the same runs in one JSON object: the docs' figures
     python benchmarks/soak.py --streams 4,16,64 --duration 300
 
 Each run: ``N`` streams of Poisson spikes (``--units`` 96 units x ``--rate`` 20 Hz each) are generated
@@ -43,6 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmarks' shared helpers, when imported from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_util import run_info, write_json  # noqa: E402
+
 
 def vm_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -74,7 +80,8 @@ def load_model(checkpoint: str | None, n_units: int):
         model, doc = load_checkpoint(path)
         session = doc.get("default_session") or model.session_vocab.ids[0]
         units = list(model.session_units[session])
-        return model, session, units, f"checkpoint {path} (session {session}, {len(units)} units, {model.n_parameters()} parameters)"
+        what = f"checkpoint {path}" if checkpoint else "the bundled checkpoint"
+        return model, session, units, f"{what} (session {session}, {len(units)} units, {model.n_parameters():,} parameters)"
     torch.manual_seed(0)
     units = [f"soak/u{i:03d}" for i in range(n_units)]
     model = POSSM(preset("small", "gru", target_scale=20.0), unit_ids=units, session_ids=["soak"], session_units={"soak": units}).eval()
@@ -182,11 +189,14 @@ def run_once(model, session: str, unit_ids: list[str], *, n_streams: int, durati
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from possm_plugin.cli.formatter import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--streams", default="8,32", help="comma-separated stream counts, one run each")
     p.add_argument("--duration", type=float, default=None, help="seconds per run (default 60; --quick: 10)")
     p.add_argument("--quick", action="store_true", help="10 s per run")
     p.add_argument("--json", action="store_true", help="print one JSON object per run")
+    p.add_argument("--out", metavar="PATH", help="write the runs into PATH as one JSON object (docs/soak.json renders the docs' soak figures)")
     p.add_argument("--units", type=int, default=96, help="units per stream (random model only)")
     p.add_argument("--rate", type=float, default=20.0, help="firing rate per unit, Hz")
     p.add_argument("--tick", type=float, default=0.01, help="packet interval of the simulated sources, s")
@@ -209,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {what}; device {args.device}, {args.threads} torch thread(s); load average {os.getloadavg()[0]:.2f}")
         print(f"{'streams':>7} {'in':>7} {'decoded':>8} {'dropped':>8} {'misses':>7} {'lat p50':>8} {'lat p99':>8} "
               f"{'step p50':>9} {'step p99':>9} {'rss +MB':>8} exact")
+    runs = []
     for k, n in enumerate(streams):
         r = run_once(model, session, units, n_streams=n, duration=duration, rate=args.rate, tick=args.tick,
                      deadline_ms=args.deadline_ms, settle=settle, seed=args.seed + k, device=args.device)
         r.update(model=what, device=args.device, threads=args.threads, load_average=round(os.getloadavg()[0], 2))
+        runs.append(r)
         if args.json:
             print(json.dumps(r), flush=True)
         else:
@@ -224,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"soak: chunk accounting broken: in {r['chunks_in']} != decoded {r['chunks_decoded']} + dropped {r['chunks_dropped']}",
                   file=sys.stderr)
             return 1
+    if args.out:
+        write_json({**run_info("benchmarks/soak.py", argv), "runs": runs}, args.out)
     return 0
 
 

@@ -7,7 +7,10 @@ Two kinds of generated text:
   ``benchmarks/real_report.py``, ``benchmarks/closed_loop.py``), which keep the hand-written discussion
   after their markers;
 - **figure blocks** in ``README.md`` and ``docs/*.md``, between ``<!-- figures:NAME -->`` and
-  ``<!-- /figures -->``, each rendered by the function ``NAME`` of :data:`BLOCKS` from its JSON.
+  ``<!-- /figures -->``, each rendered by the function ``NAME`` of :data:`BLOCKS` from its JSON (the
+  latency, BRAND and soak figures by ``scripts/latency_figures.py`` from ``latency.json``,
+  ``brand-latency.json`` and ``soak.json``, each of which names the command that regenerates it; the
+  bundled checkpoint's from its own YAML).
 
     python scripts/render_docs.py            # rewrite whatever is stale
     python scripts/render_docs.py --check    # exit 1, naming each stale page or block (tests run this)
@@ -25,6 +28,11 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # latency_figures.py beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import latency_figures as lat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -110,7 +118,38 @@ def accuracy() -> str:
             f"training from scratch {tr['scratch'][full]:.3f}.\n")
 
 
-BLOCKS = {"checkpoint": checkpoint, "demo": demo, "real-data": real_data, "accuracy": accuracy}
+def chewie_wiener() -> str:
+    d = _json("real-data.json")
+    per = " and ".join(f"{v['wiener']['r2_mean']:.3f} on `{s}`" for s, v in d["single"].items())
+    return (f"- The Wiener filter of the real-data benchmark ({d['budget']['folds']}-fold cross-validation by trials, "
+            f"[real-data.md](real-data.md)) reaches R2 {per} (mean over x and y).\n")
+
+
+def default_checkpoint() -> str:
+    doc, n_params = _bundled_checkpoint()
+    meta, names = doc["meta"], doc["model"]["output_names"]
+    valid, units = meta["valid"], doc["session_units"]
+    per = "; ".join(f"`{s}` {r:.3f} ({', '.join(f'{n} {x:.3f}' for n, x in zip(names, valid['r2_per_output'][s]))})"
+                    for s, r in valid["r2_per_session"].items())
+    sessions = " and ".join(f"`{s}`, {len(units[s])} units" for s in doc["session_ids"])
+    return (f"A small {doc['model']['backbone'].upper()} POSSM ({n_params / 1e6:.2f}M parameters) trained on "
+            f"{len(doc['session_ids'])} simulated motor-cortex sessions ({sessions}), default session `{doc['default_session']}`. "
+            f"Its YAML records the run: {meta['train']['epochs']} epochs, best validation R2 {valid['r2']:.3f} at epoch "
+            f"{meta['epoch']} (mean over {' and '.join(names)} and over the sessions, the held-out last "
+            f"{100 * meta['train']['valid_fraction']:g} % of trials decoded continuously): {per}.\n")
+
+
+def _latency(fn):
+    return lambda: fn(_json("latency.json"))
+
+
+BLOCKS = {"checkpoint": checkpoint, "demo": demo, "real-data": real_data, "accuracy": accuracy,
+          "default-checkpoint": default_checkpoint, "chewie-wiener": chewie_wiener,
+          "latency": lambda: lat.readme_latency(_json("latency.json"), _json("brand-latency.json")),
+          "lsl-compute": _latency(lat.lsl_compute), "lsl-end-to-end": _latency(lat.lsl_end_to_end),
+          "lsl-findings": _latency(lat.lsl_findings), "model-sizes": _latency(lat.model_sizes),
+          "brand-latency": lambda: lat.brand_latency(_json("brand-latency.json")),
+          "soak": lambda: lat.soak(_json("soak.json"))}
 
 
 # -- whole reports ----------------------------------------------------------------------------------------

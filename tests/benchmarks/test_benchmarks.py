@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,44 @@ def test_lsl_end_to_end_runs_for_both_stream_forms():
             assert r["wait_ms"]["p50"] == 0.0 and r["sender_push_interval_ms"]["n"] >= 2000
         else:
             assert r["wait_ms"]["p50"] > 0.0
+
+
+BENCH_SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if "\ndef main(" in p.read_text())
+
+
+def test_every_benchmark_with_a_command_line_is_checked():
+    assert {p.stem for p in BENCH_SCRIPTS} >= {"accuracy", "brand_latency", "closed_loop", "latency", "real", "real_report", "soak"}
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS, ids=lambda p: p.name)
+def test_benchmark_help_shows_meaningful_defaults_and_no_path_outside_the_repository(script, capsys, monkeypatch):
+    """The benchmarks' --help uses the package CLI's formatter: no "(default: False)" for flags or
+    "(default: None)" for unset options, a default shown once, and no path of the machine they were
+    written on (the real data default to the recordings bundled with the package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_help_{script.stem}", script)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as exit_:
+        mod.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage:") and "options:" in text
+    for bad in ("(default: False)", "(default: None)", "/work", "shared/data", str(ROOT)):
+        assert bad not in text, f"{script.name} --help shows {bad!r}:\n{text}"
+    options = re.split(r"\n(?=  -)", text.split("options:", 1)[1])
+    twice = [o for o in options if len(re.findall(r"\(default\b|(?<!\()\bdefault:", o, re.IGNORECASE)) > 1]
+    assert not twice, f"{script.name} --help names a default twice:\n" + "\n".join(twice)
+
+
+def test_the_accuracy_benchmark_finds_the_bundled_recording_by_default(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_accuracy_lib", ROOT / "benchmarks" / "accuracy_lib.py")
+    lib = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, lib)
+    spec.loader.exec_module(lib)
+    from possm_plugin.data.importers.binned import bundled_files
+
+    found = lib.find_real_data()
+    assert found in bundled_files() and found.name == lib.DATA_NAME
+    assert lib.find_real_data(str(found.parent)) == found and lib.find_real_data(str(found)) == found
+    assert lib.find_real_data(str(tmp_path)) is None  # a folder without it: the real-data section is skipped
