@@ -44,7 +44,7 @@ class NodeParameters:
     label_stream: str | None = None
     label_field: str = "samples"
     label_dtype: str = "float32"
-    calibrate_epochs: int = 30
+    calibrate_epochs: int | None = None  # None: as `possm finetune` (realtime.calibration.CALIBRATION_STEPS steps)
     calibrated_checkpoint: str | None = None
     clock: str = "tick"
     timestamps_rate: float = 30000.0

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", type=float, default=None, metavar="SECONDS",
                    help="calibrate unseen units online: collect SECONDS of spikes and --labels, run unit identification, then decode")
     p.add_argument("--labels", default=None, metavar="NAME", help="LSL stream with the behaviour to calibrate on (e.g. velocity)")
-    p.add_argument("--calibrate-epochs", type=int, default=30, help="unit-identification epochs of --calibrate")
+    p.add_argument("--calibrate-epochs", type=int, default=None,
+                   help="unit-identification epochs of --calibrate (default: as `possm finetune`, at least 300 optimiser steps)")
     p.add_argument("--save-checkpoint", default=None, metavar="PATH", help="with --calibrate: also write the calibrated checkpoint here")
     p.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object on stdout")
     return p

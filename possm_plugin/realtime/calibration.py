@@ -34,6 +34,11 @@ __all__ = ["collect", "build_session", "calibrate", "calibrate_online"]
 
 log = logging.getLogger("possm_plugin.realtime.calibration")
 
+#: optimiser steps of an online calibration by default: the real-data benchmark's quick budget, with
+#: which unit identification on a quarter of a recorded session's trials reached the Wiener filter
+#: (docs/real-data.md); kept short because the decoder starts only after it
+CALIBRATION_STEPS = 300
+
 
 def collect(source: SpikeSource, labels, seconds: float, *, stop_event: threading.Event | None = None, poll: float = 0.01):
     """Read ``seconds`` of spikes (``source.acquire``) and behaviour (``labels.acquire`` -> times,
@@ -105,20 +110,33 @@ def build_session(
     )
 
 
-def calibrate(model: POSSM, session: Session, *, epochs: int = 30, lr: float = 3e-3, batch_size: int = 32, seed: int = 0,
-              drain=None, stop_event: threading.Event | None = None) -> dict:
+def calibrate(model: POSSM, session: Session, *, epochs: int | None = None, lr: float | None = None,
+              batch_size: int | None = None, seed: int = 0, drain=None, stop_event: threading.Event | None = None) -> dict:
     """Unit identification of ``session`` in a background thread (``drain()`` is called meanwhile,
-    e.g. to empty the source); returns finetune's metrics."""
+    e.g. to empty the source); returns finetune's metrics.
+
+    Trained as ``possm finetune`` and the real-data benchmark adapt a model
+    (:func:`possm_plugin.training.recipe.recipe_config`: batch 16, spikes re-placed inside their chunks,
+    weight average, learning rate ``UI_LR``), for at least :data:`CALIBRATION_STEPS` optimiser steps, or
+    exactly ``epochs`` epochs when given."""
     from possm_plugin.data.identity import check_sessions
     from possm_plugin.training.finetune import finetune
+    from possm_plugin.training.recipe import UI_LR, recipe_config
 
+    if epochs is None:
+        cfg = recipe_config(seed=seed, min_steps=CALIBRATION_STEPS)
+    else:
+        cfg = recipe_config(seed=seed, min_steps=0, epochs=int(epochs))
+    lr = UI_LR if lr is None else lr
+    batch_size = cfg.batch_size if batch_size is None else batch_size
     check_sessions(model, [session])  # here, before the training thread starts: one clear error
     result: dict = {}
     error: list[BaseException] = []
 
     def work() -> None:
         try:
-            result.update(finetune(model, [session], mode="ui", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))
+            result.update(finetune(model, [session], mode="ui", epochs=cfg.epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                   train_config=cfg))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             error.append(exc)
 
@@ -158,7 +176,7 @@ def calibrate_online(
     *,
     labels: str | object,
     seconds: float,
-    epochs: int = 30,
+    epochs: int | None = None,
     resolve_timeout: float = 5.0,
     stop_event: threading.Event | None = None,
     session_id: str | None = None,
@@ -195,7 +213,8 @@ def calibrate_online(
         if stop_event is not None and stop_event.is_set():
             return model, session_id, unit_ids, {}
         session = build_session(session_id, unit_ids, ch, t, lt, lv, target_names=cfg.output_names, target_scale=cfg.target_scale)
-        log.info("calibration: %d spikes, %.1f s; unit identification (%d epochs) in the background", len(session.spike_times), session.duration, epochs)
+        log.info("calibration: %d spikes, %.1f s; unit identification (%s) in the background", len(session.spike_times), session.duration,
+                 f"{epochs} epochs" if epochs else f"at least {CALIBRATION_STEPS} optimiser steps")
 
         def drain() -> None:
             source.acquire(timeout=0.05)
