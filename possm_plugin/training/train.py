@@ -31,7 +31,14 @@ from possm_plugin.model.checkpoint import load_checkpoint, save_checkpoint
 from possm_plugin.model.possm import POSSM
 from possm_plugin.training.evaluate import evaluate_prepared, loss_fn
 from possm_plugin.training.optim import Lamb, WeightAverage, flat_cosine, load_optimizer_state, save_optimizer_state
-from possm_plugin.training.train_config import RECIPE, TrainConfig, build_model, check_model_spec, load_train_config
+from possm_plugin.training.train_config import (
+    RECIPE,
+    TrainConfig,
+    build_model,
+    check_model_spec,
+    load_train_config,
+    unit_dropout_for,
+)
 
 __all__ = ["RECIPE", "TrainConfig", "WeightAverage", "Runtime", "load_train_config", "build_model", "model_for_run",
            "make_optimizer", "train", "train_model", "fit", "primary_metric"]
@@ -204,7 +211,7 @@ def fit(
     valid_list = valid_sessions or train_sessions
     valid_prep = prepared(valid_list, rt.owned(valid_list))
     sampler = WindowSampler(
-        train_prep, readout=model.config.readout, window_chunks=cfg.window_chunks, unit_dropout=cfg.unit_dropout,
+        train_prep, readout=model.config.readout, window_chunks=cfg.window_chunks, unit_dropout=unit_dropout_for(cfg, model.config.readout),
         phase_weights=cfg.phase_weight_tuple, target_scale=model.config.target_scale, n_units=model.n_units,
         max_tokens=model.config.max_tokens_per_chunk, seed=rt.seed(cfg.seed, start_epoch), bin_jitter=cfg.bin_jitter,
         jitter_s=cfg.jitter_s,

@@ -257,3 +257,37 @@ def test_log_lines_are_not_glued_onto_the_progress_bar(motor, capsys):
     assert len(logged) == 2, err
     for ln in logged:  # what the terminal shows of the line: the text after the last carriage return
         assert ln.split("\r")[-1].startswith("INFO possm_plugin.training.train: epoch "), repr(ln)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification", "ctc"])
+def test_the_recipe_sets_unit_dropout_by_task_and_a_config_wins(task, monkeypatch, tmp_path):
+    """The recipe leaves ``unit_dropout`` to the task (off for regression, 0.6 for classification and CTC);
+    ``fit`` hands that to the window sampler; a number in a config file wins."""
+    import possm_plugin.training.train as train_module
+    from possm_plugin.training.train_config import RECIPE_UNIT_DROPOUT
+
+    want = {"regression": 1.0, "classification": 0.6, "ctc": 0.6}[task]
+    assert RECIPE_UNIT_DROPOUT[task] == want
+    sessions = {
+        "regression": lambda: simulate_motor_sessions(1, seed=3, duration_s=20.0),
+        "classification": lambda: simulate_handwriting_sessions(1, seed=3, duration_s=20.0),
+        "ctc": lambda: simulate_phoneme_sessions(1, seed=3, duration_s=20.0),
+    }[task]()
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kw):
+        seen.append(kw["unit_dropout"])
+        raise Stop
+
+    monkeypatch.setattr(train_module, "WindowSampler", spy)
+    path = tmp_path / "c.yaml"
+    for doc, expect in (({}, want), ({"train": {"unit_dropout": 0.8}}, 0.8), ({"train": {"unit_dropout": None}}, want)):
+        path.write_text(yaml.safe_dump(doc))
+        cfg = load_train_config(path, progress=False)
+        model = build_model(TINY_SPEC, sessions, seed=0)
+        with pytest.raises(Stop):
+            fit(model, sessions, cfg=cfg)
+        assert seen[-1] == expect
