@@ -4,6 +4,7 @@
     python benchmarks/latency.py --json     # one JSON object
     python benchmarks/latency.py --quick    # fewer iterations
     python benchmarks/latency.py --profile  # also: where the step time goes (small GRU, 96 units)
+    python benchmarks/latency.py --no-compute --lsl binned --lsl-seconds 60   # the LSL binned headline alone
 
 1. ``chunk_compute_ms``: for each backbone (gru, s4d, mamba) and size (small, opossm via
    ``possm_plugin.model.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
@@ -69,6 +70,7 @@ RATE_HZ = 20.0
 CHUNK = 0.05
 TICK = 0.001  # the LSL sender's push period
 PREWARM = 0.0015  # possm-lsl's and possm-brand's default
+LSL_RUNS = ("binned", "events", "clock")  # lsl_end_to_end_ms, lsl_end_to_end_events_ms, lsl_end_to_end_clock_ms
 
 
 def make_model(size: str, backbone: str, n_units: int):
@@ -331,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
     p.add_argument("--device", default="cpu", help="device of the compute benchmark")
     p.add_argument("--no-lsl", action="store_true", help="skip the LSL end-to-end benchmark")
+    p.add_argument("--lsl", default=",".join(LSL_RUNS), metavar="RUNS",
+                   help=f"comma list of the LSL end-to-end runs: {', '.join(LSL_RUNS)} (binned: the headline)")
+    p.add_argument("--lsl-seconds", type=float, default=None, metavar="S",
+                   help="seconds of each LSL end-to-end run (default 30, --quick 8)")
+    p.add_argument("--no-compute", action="store_true", help="skip the per-chunk compute benchmark (e.g. --no-compute --lsl binned)")
     p.add_argument("--no-paced", action="store_true", help="skip the compute timed at the real cadence (one chunk per 50 ms)")
     p.add_argument("--rt-priority", type=int, default=None, metavar="N",
                    help="also run the LSL end to end with sender, node and receiver under SCHED_FIFO priority N (as real-time rigs run them)")
@@ -360,11 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and engines[0] == "numba":
         engines = tuple(e for e in engines if e != "numba") or ("torch",)
     threads = set_cpu_threads(args.threads)
+    lsl_runs = tuple(r for r in args.lsl.split(",") if r)
+    if any(r not in LSL_RUNS for r in lsl_runs):
+        p.error(f"--lsl takes a comma list of {', '.join(LSL_RUNS)}")
     n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 40) if args.quick else (600, 50, 30.0, 100)
+    if args.lsl_seconds is not None:
+        lsl_s = float(args.lsl_seconds)
     result: dict = {"device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
                     "numpy": np.__version__, "step": ENGINE_LABEL[engines[0]], "engines": list(engines),
                     "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
-    for size in args.sizes.split(","):
+    for size in () if args.no_compute else args.sizes.split(","):
         for bb in args.backbones.split(","):
             for u in map(int, args.units.split(",")):
                 r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, engines=engines,
@@ -376,13 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         result["profile_small_gru_96u_ms"] = profile_step()
     if not args.no_lsl:  # the node's defaults throughout; chunks closed by the data
-        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads, form="binned")
-        result["lsl_end_to_end_events_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events")
-        result["lsl_end_to_end_clock_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events",
-                                                      node_args=("--source-opt", "clock_lag=auto"))
+        if "binned" in lsl_runs:
+            result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads, form="binned")
+        if "events" in lsl_runs:
+            result["lsl_end_to_end_events_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events")
+        if "clock" in lsl_runs:
+            result["lsl_end_to_end_clock_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events",
+                                                          node_args=("--source-opt", "clock_lag=auto"))
         if args.rt_priority:
             for form, key in (("binned", "lsl_end_to_end_rt_ms"), ("events", "lsl_end_to_end_events_rt_ms")):
-                result[key] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority, form=form)
+                if form in lsl_runs:
+                    result[key] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority, form=form)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result))
