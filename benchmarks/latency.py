@@ -191,7 +191,8 @@ def sender(name: str, duration: float, log_path: str, n_units: int, form: str = 
     stamped with its time. ``binned``: a 1 kHz regular-rate stream, one channel per unit, one sample
     of counts per 1 ms bin stamped with the bin's end, every bin sent (empty ones too). Saves one row
     per push that carried a spike (first spike's timestamp, or for binned the start of the first bin
-    with a spike; push time; the last time the push covers: last spike, or end of the last bin) and,
+    with a spike; push time, read as the push starts; the last time the push covers: last spike, or
+    end of the last bin) and,
     for binned, every push (``*_all``), which is what says a chunk is complete."""
     import pylsl
 
@@ -223,9 +224,13 @@ def sender(name: str, duration: float, log_path: str, n_units: int, form: str = 
         else:
             j = int(np.searchsorted(t, now, side="right"))
         if j > i:
+            # the push time is read just before the push: read after it, it also holds any time this process
+            # waits for the CPU once liblsl's threads (and the node they wake) have taken it, up to a few
+            # tenths of a ms on two cores, which came out of the node's share (the node got bins "before" they went out)
             if binned:
-                outlet.push_chunk(counts[i:j], (t0 + TICK * np.arange(i + 1, j + 1)).tolist())
+                stamps = (t0 + TICK * np.arange(i + 1, j + 1)).tolist()
                 pushed = pylsl.local_clock()
+                outlet.push_chunk(counts[i:j], stamps)
                 log_all.append((t0 + TICK * i, pushed, t0 + TICK * j))
                 nz = np.flatnonzero(has[i:j])
                 if len(nz):
@@ -233,8 +238,10 @@ def sender(name: str, duration: float, log_path: str, n_units: int, form: str = 
             else:
                 x = np.zeros((j - i, 2), np.int16)
                 x[:, 0] = ch[i:j]
-                outlet.push_chunk(x, t[i:j].tolist())
-                log.append((t[i], pylsl.local_clock(), t[j - 1]))
+                stamps = t[i:j].tolist()
+                pushed = pylsl.local_clock()
+                outlet.push_chunk(x, stamps)
+                log.append((t[i], pushed, t[j - 1]))
             i = j
         k = max(k + 1, int((now - t0) / TICK))  # the next 1 ms deadline (skipped ones are not made up)
         time.sleep(max(0.0, t0 + k * TICK - pylsl.local_clock()))
