@@ -5,6 +5,7 @@
     python benchmarks/latency.py --quick --profile --rt-priority 50 --out docs/latency.json   # the docs' figures
     python benchmarks/latency.py --quick    # fewer iterations
     python benchmarks/latency.py --profile  # also: where the step time goes (small GRU, 96 units)
+    python benchmarks/latency.py --no-compute --lsl binned --lsl-seconds 60   # the LSL binned headline alone
 
 1. ``chunk_compute_ms``: for each backbone (gru, s4d, mamba) and size (small, opossm via
    ``possm_plugin.model.config.preset``) at 96 and 1024 units firing Poisson spikes at 20 Hz, the time of
@@ -69,6 +70,7 @@ RATE_HZ = 20.0
 CHUNK = 0.05
 TICK = 0.001  # the LSL sender's push period
 PREWARM = 0.0015  # possm-lsl's and possm-brand's default
+LSL_RUNS = ("binned", "events", "clock")  # lsl_end_to_end_ms, lsl_end_to_end_events_ms, lsl_end_to_end_clock_ms
 
 
 def make_model(size: str, backbone: str, n_units: int):
@@ -192,7 +194,8 @@ def sender(name: str, duration: float, log_path: str, n_units: int, form: str = 
     stamped with its time. ``binned``: a 1 kHz regular-rate stream, one channel per unit, one sample
     of counts per 1 ms bin stamped with the bin's end, every bin sent (empty ones too). Saves one row
     per push that carried a spike (first spike's timestamp, or for binned the start of the first bin
-    with a spike; push time; the last time the push covers: last spike, or end of the last bin) and,
+    with a spike; push time, read as the push starts; the last time the push covers: last spike, or
+    end of the last bin) and,
     for binned, every push (``*_all``), which is what says a chunk is complete."""
     import pylsl
 
@@ -224,9 +227,13 @@ def sender(name: str, duration: float, log_path: str, n_units: int, form: str = 
         else:
             j = int(np.searchsorted(t, now, side="right"))
         if j > i:
+            # the push time is read just before the push: read after it, it also holds any time this process
+            # waits for the CPU once liblsl's threads (and the node they wake) have taken it, up to a few
+            # tenths of a ms on two cores, which came out of the node's share (the node got bins "before" they went out)
             if binned:
-                outlet.push_chunk(counts[i:j], (t0 + TICK * np.arange(i + 1, j + 1)).tolist())
+                stamps = (t0 + TICK * np.arange(i + 1, j + 1)).tolist()
                 pushed = pylsl.local_clock()
+                outlet.push_chunk(counts[i:j], stamps)
                 log_all.append((t0 + TICK * i, pushed, t0 + TICK * j))
                 nz = np.flatnonzero(has[i:j])
                 if len(nz):
@@ -234,8 +241,10 @@ def sender(name: str, duration: float, log_path: str, n_units: int, form: str = 
             else:
                 x = np.zeros((j - i, 2), np.int16)
                 x[:, 0] = ch[i:j]
-                outlet.push_chunk(x, t[i:j].tolist())
-                log.append((t[i], pylsl.local_clock(), t[j - 1]))
+                stamps = t[i:j].tolist()
+                pushed = pylsl.local_clock()
+                outlet.push_chunk(x, stamps)
+                log.append((t[i], pushed, t[j - 1]))
             i = j
         k = max(k + 1, int((now - t0) / TICK))  # the next 1 ms deadline (skipped ones are not made up)
         time.sleep(max(0.0, t0 + k * TICK - pylsl.local_clock()))
@@ -337,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
     p.add_argument("--device", default="cpu", help="device of the compute benchmark")
     p.add_argument("--no-lsl", action="store_true", help="skip the LSL end-to-end benchmark")
+    p.add_argument("--lsl", default=",".join(LSL_RUNS), metavar="RUNS",
+                   help=f"comma list of the LSL end-to-end runs: {', '.join(LSL_RUNS)} (binned: the headline)")
+    p.add_argument("--lsl-seconds", type=float, default=None, metavar="S",
+                   help="seconds of each LSL end-to-end run (default 30, --quick 8)")
+    p.add_argument("--no-compute", action="store_true", help="skip the per-chunk compute benchmark (e.g. --no-compute --lsl binned)")
     p.add_argument("--no-paced", action="store_true", help="skip the compute timed at the real cadence (one chunk per 50 ms)")
     p.add_argument("--rt-priority", type=int, default=None, metavar="N",
                    help="also run the LSL end to end with sender, node and receiver under SCHED_FIFO priority N (as real-time rigs run them)")
@@ -366,11 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and engines[0] == "numba":
         engines = tuple(e for e in engines if e != "numba") or ("torch",)
     threads = set_cpu_threads(args.threads)
+    lsl_runs = tuple(r for r in args.lsl.split(",") if r)
+    if any(r not in LSL_RUNS for r in lsl_runs):
+        p.error(f"--lsl takes a comma list of {', '.join(LSL_RUNS)}")
     n_chunks, warmup, lsl_s, n_paced = (100, 20, 8.0, 40) if args.quick else (600, 50, 30.0, 100)
+    if args.lsl_seconds is not None:
+        lsl_s = float(args.lsl_seconds)
     result: dict = {**run_info("benchmarks/latency.py", argv), "device": args.device, "threads": args.threads, "blas": threads["blas"], "torch": torch.__version__,
                     "numpy": np.__version__, "step": ENGINE_LABEL[engines[0]], "engines": list(engines),
                     "load_average": [round(x, 2) for x in os.getloadavg()], "chunk_compute_ms": {}}
-    for size in args.sizes.split(","):
+    for size in () if args.no_compute else args.sizes.split(","):
         for bb in args.backbones.split(","):
             for u in map(int, args.units.split(",")):
                 r = bench_compute(size, bb, u, n_chunks=n_chunks, warmup=warmup, device=args.device, engines=engines,
@@ -382,13 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         result["profile_small_gru_96u_ms"] = profile_step()
     if not args.no_lsl:  # the node's defaults throughout; chunks closed by the data
-        result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads, form="binned")
-        result["lsl_end_to_end_events_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events")
-        result["lsl_end_to_end_clock_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events",
-                                                      node_args=("--source-opt", "clock_lag=auto"))
+        if "binned" in lsl_runs:
+            result["lsl_end_to_end_ms"] = bench_lsl(lsl_s, threads=args.threads, form="binned")
+        if "events" in lsl_runs:
+            result["lsl_end_to_end_events_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events")
+        if "clock" in lsl_runs:
+            result["lsl_end_to_end_clock_ms"] = bench_lsl(lsl_s, threads=args.threads, form="events",
+                                                          node_args=("--source-opt", "clock_lag=auto"))
         if args.rt_priority:
             for form, key in (("binned", "lsl_end_to_end_rt_ms"), ("events", "lsl_end_to_end_events_rt_ms")):
-                result[key] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority, form=form)
+                if form in lsl_runs:
+                    result[key] = bench_lsl(lsl_s, threads=args.threads, rt_priority=args.rt_priority, form=form)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json or args.out:
         write_json(result, args.out)

@@ -78,6 +78,17 @@ def test_split_latency_binned_waits_for_the_push_of_the_chunks_last_bin():
 
 
 @pytest.mark.slow
+def test_latency_runs_only_the_parts_asked_for():
+    """``--no-compute`` skips the compute table; ``--lsl`` takes only known run names."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--json", "--no-compute"]
+    out = subprocess.run([*cmd, "--no-lsl"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["chunk_compute_ms"] == {} and not any(k.startswith("lsl_") for k in r)
+    bad = subprocess.run([*cmd, "--lsl", "binned,bogus"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--lsl takes a comma list of binned, events, clock" in bad.stderr
+
+
 def test_lsl_end_to_end_runs_for_both_stream_forms():
     """The benchmark's three processes over real LSL (short): every chunk's prediction arrives and
     each is matched to its pushes. Binned: most chunks' last spike rides in the push that completes
