@@ -161,6 +161,15 @@ def report_markdown(out: dict, png_name: str, json_name: str, old: str | None) -
             text += (f"; UI at 25 % − Wiener {v['ui_0.25_minus_wiener']:+.3f}, − scratch {v['ui_0.25_minus_scratch']:+.3f} "
                      f"(target ≥ both: {'met' if v['target_transfer_met'] else 'not met'})")
         parts.append(text + ".")
+    if out.get("transfer"):
+        parts += ["", "Pretrained (the better of UI and FT) − POSSM from scratch on the same trials and test folds, per "
+                      "fraction of the training trials (positive: pretraining helped):", ""]
+        for sid, tr in out["transfer"].items():
+            cells = []
+            for f in sorted(tr["scratch"], key=float):
+                best = max(("ui", "ft"), key=lambda m: tr[m][f]["r2_mean"])
+                cells.append(f"{float(f):.0%} {best.upper()} {tr[best][f]['r2_mean'] - tr['scratch'][f]['r2_mean']:+.3f}")
+            parts.append(f"- `{sid}`: " + ", ".join(cells) + ".")
     parts += ["", "## Single session", ""]
     models = list(next(iter(out["single"].values())))
     sessions = list(out["single"])

@@ -143,7 +143,18 @@ def _latency(fn):
     return lambda: fn(_json("latency.json"))
 
 
-BLOCKS = {"checkpoint": checkpoint, "demo": demo, "real-data": real_data, "accuracy": accuracy,
+def real_data_dev() -> str:
+    """The development runs behind the recipe and the transfer experiments (docs/real-data-dev.json)."""
+    d = _json("real-data-dev.json")
+    a, b = (f"`{x}`" for x in d["sessions"])
+    lines = [d["about"], "", d["recipe"]["about"], "", f"| change | {a} | {b} |", "| --- | --- | --- |"]
+    lines += [f"| {r['change']} | {r['r2'][0]:.3f} | {r['r2'][1]:.3f} |" for r in d["recipe"]["rows"]]
+    lines += ["", d["transfer"]["about"], "", f"| variant | budget | {a} | {b} |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['variant']} | {r['budget']} | {r['r2'][0]:.3f} | {r['r2'][1]:.3f} |" for r in d["transfer"]["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"checkpoint": checkpoint, "real-data-dev": real_data_dev, "demo": demo, "real-data": real_data, "accuracy": accuracy,
           "default-checkpoint": default_checkpoint, "chewie-wiener": chewie_wiener,
           "latency": lambda: lat.readme_latency(_json("latency.json"), _json("brand-latency.json")),
           "lsl-compute": _latency(lat.lsl_compute), "lsl-end-to-end": _latency(lat.lsl_end_to_end),
