@@ -176,15 +176,17 @@ DEVICE = os.environ.get("POSSM_BENCH_DEVICE", "cpu")  # POSSM's device (set by -
 
 def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_session: bool = False,
                  batch_size: int | None = None):
-    """``fit``'s config: the package's recipe (schedule, clipping, AdamW) with the suite's batch size,
-    learning rate and phase weights (``suite.phase_weights``: the benchmark scores R2 on every chunk of
-    the test trials, as the baselines are trained, so it weights all phases alike; the recipe's
-    reach x5 / hold x0.1 aims at reach-period R2); unit dropout only in multi-session pretraining (on
-    one session it slowed convergence: -0.02 R2 at the quick budget on development seeds 100 and 101)."""
-    from possm_plugin.training.train import TrainConfig
+    """``fit``'s config: the recipe of ``possm train`` (schedule, clipping, AdamW, spike times re-drawn
+    inside their chunks, weight average, unit dropout by task: :data:`possm_plugin.training.train.RECIPE`)
+    with the suite's batch size, learning rate and phase weights (``suite.phase_weights``: the benchmark
+    scores R2 on every chunk of the test trials, as the baselines are trained, so it weights all phases
+    alike; the recipe's reach x5 / hold x0.1 aims at reach-period R2). Multi-session pretraining keeps
+    unit dropout 0.6."""
+    from possm_plugin.training.train import RECIPE, TrainConfig
 
     cfg = TrainConfig(batch_size=batch_size or suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
-                      valid_fraction=VALID_FRACTION, device=DEVICE)
+                      valid_fraction=VALID_FRACTION, device=DEVICE, bin_jitter=RECIPE["bin_jitter"],
+                      jitter_s=RECIPE["jitter_s"], ema=RECIPE["ema"])
     if suite.phase_weights is not None:
         cfg = dataclasses.replace(cfg, phase_weights=dict(suite.phase_weights))
     return cfg if multi_session else dataclasses.replace(cfg, unit_dropout=suite.unit_dropout)

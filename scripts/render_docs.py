@@ -154,7 +154,20 @@ def real_data_dev() -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = {"checkpoint": checkpoint, "real-data-dev": real_data_dev, "demo": demo, "real-data": real_data, "accuracy": accuracy,
+def accuracy_dev() -> str:
+    """The development runs behind the accuracy benchmark's POSSM settings (docs/accuracy-dev.json)."""
+    d = _json("accuracy-dev.json")
+    lines = [d["about"]]
+    for key in ("single", "classification", "ctc", "transfer"):
+        sec = d[key]
+        lines += ["", sec["about"], "", "| setting | result |", "| --- | --- |"]
+        for r in sec["rows"]:
+            v = r["value"]
+            lines.append(f"| {r['setting']} | {' / '.join(f'{x:.3f}' for x in v) if isinstance(v, list) else f'{v:.3f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"checkpoint": checkpoint, "real-data-dev": real_data_dev, "accuracy-dev": accuracy_dev, "demo": demo, "real-data": real_data, "accuracy": accuracy,
           "default-checkpoint": default_checkpoint, "chewie-wiener": chewie_wiener,
           "latency": lambda: lat.readme_latency(_json("latency.json"), _json("brand-latency.json")),
           "lsl-compute": _latency(lat.lsl_compute), "lsl-end-to-end": _latency(lat.lsl_end_to_end),

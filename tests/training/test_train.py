@@ -261,12 +261,12 @@ def test_log_lines_are_not_glued_onto_the_progress_bar(motor, capsys):
 
 @pytest.mark.parametrize("task", ["regression", "classification", "ctc"])
 def test_the_recipe_sets_unit_dropout_by_task_and_a_config_wins(task, monkeypatch, tmp_path):
-    """The recipe leaves ``unit_dropout`` to the task (off for regression, 0.6 for classification and CTC);
+    """The recipe leaves ``unit_dropout`` to the task (0.6 for classification, off for regression and CTC);
     ``fit`` hands that to the window sampler; a number in a config file wins."""
     import possm_plugin.training.train as train_module
     from possm_plugin.training.train_config import RECIPE_UNIT_DROPOUT
 
-    want = {"regression": 1.0, "classification": 0.6, "ctc": 0.6}[task]
+    want = {"regression": 1.0, "classification": 0.6, "ctc": 1.0}[task]
     assert RECIPE_UNIT_DROPOUT[task] == want
     sessions = {
         "regression": lambda: simulate_motor_sessions(1, seed=3, duration_s=20.0),
