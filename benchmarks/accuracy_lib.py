@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from accuracy import Suite
+    from accuracy_suites import Suite
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_NAME = "chewie_m1_center_out_2013-10-03_100ms.npz"
@@ -184,9 +184,9 @@ def train_config(suite: Suite, *, seed: int, lr: float | None = None, multi_sess
     unit dropout 0.6."""
     from possm_plugin.training.train import RECIPE, TrainConfig
 
-    cfg = TrainConfig(batch_size=batch_size or suite.batch_size, lr=lr or suite.lr, seed=seed, progress=False,
-                      valid_fraction=VALID_FRACTION, device=DEVICE, bin_jitter=RECIPE["bin_jitter"],
-                      jitter_s=RECIPE["jitter_s"], ema=RECIPE["ema"])
+    budget = ("batch_size", "lr", "min_steps", "epochs", "unit_dropout")  # the suite sets these itself
+    cfg = TrainConfig(**{k: v for k, v in RECIPE.items() if k not in budget}, batch_size=batch_size or suite.batch_size,
+                      lr=lr or suite.lr, seed=seed, progress=False, valid_fraction=VALID_FRACTION, device=DEVICE)
     if suite.phase_weights is not None:
         cfg = dataclasses.replace(cfg, phase_weights=dict(suite.phase_weights))
     return cfg if multi_session else dataclasses.replace(cfg, unit_dropout=suite.unit_dropout)

@@ -1,7 +1,8 @@
-"""Helpers shared by the latency benchmarks."""
+"""Helpers shared by the benchmarks: job scheduling, machine description, torch workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -115,3 +116,12 @@ def run_jobs(todo: list[tuple], run_job, suite_name: str, *, jobs: int, threads:
                 for kind, args, k2 in record(key, *fut.result()):
                     pending[pool.submit(run_job, kind, suite_name, args)] = k2
     return results, timing
+
+
+def init_torch_worker(threads: int) -> None:
+    """A job worker's torch: ``threads`` intra-op threads, one inter-op thread."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)

@@ -56,9 +56,9 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the benchmark's own 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_report as report  # noqa: E402
-from accuracy import Suite, _init_worker  # noqa: E402
-from accuracy_lib import REPO, TINY_BACKBONE, TINY_MODEL, VALID_FRACTION, _log, cut_trials, eval_grid, fit_baseline, r2_baseline  # noqa: E402  # noqa: E402
-from bench_util import run_jobs  # noqa: E402
+from accuracy_lib import REPO, TINY_BACKBONE, TINY_MODEL, VALID_FRACTION, _log, cut_trials, eval_grid, fit_baseline, r2_baseline  # noqa: E402
+from accuracy_suites import Suite  # noqa: E402
+from bench_util import init_torch_worker, run_jobs  # noqa: E402
 
 from possm_plugin.baselines.binning import TrialSubset, kfold_trials  # noqa: E402
 from possm_plugin.data.importers.binned import bundled_sessions  # noqa: E402
@@ -298,7 +298,7 @@ def execute(budget: Budget, source: str | None, max_trials: int | None, *, jobs:
     def then(key, out) -> list[tuple]:
         return dependent_jobs(budget, source, max_trials, key[1], out["checkpoint"]) if key[0] == "pretrain" else []
 
-    return run_jobs(todo, run_job, budget.name, jobs=jobs, threads=threads, init_worker=_init_worker, log=_log,
+    return run_jobs(todo, run_job, budget.name, jobs=jobs, threads=threads, init_worker=init_torch_worker, log=_log,
                     total=total, then=then, keys=("r2", "epochs", "best_epoch"))
 
 

@@ -29,15 +29,16 @@ from possm_plugin.errors import ConfigError, DataError, StreamError
 from possm_plugin.model.possm import POSSM
 from possm_plugin.realtime.io import SpikeSource
 from possm_plugin.realtime.unit_map import new_unit_ids
+from possm_plugin.training.recipe import BUDGETS as RECIPE_BUDGETS
 
 __all__ = ["collect", "build_session", "calibrate", "calibrate_online"]
 
 log = logging.getLogger("possm_plugin.realtime.calibration")
 
-#: optimiser steps of an online calibration by default: the real-data benchmark's quick budget, with
-#: which unit identification on a quarter of a recorded session's trials reached the Wiener filter
-#: (docs/real-data.md); kept short because the decoder starts only after it
-CALIBRATION_STEPS = 300
+#: optimiser steps of an online calibration by default: the recipe's quick budget (the real-data
+#: benchmark's), with which unit identification on a quarter of a recorded session's trials reached the
+#: Wiener filter (docs/real-data.md); kept short because the decoder starts only after it
+CALIBRATION_STEPS = RECIPE_BUDGETS["quick"]
 
 
 def collect(source: SpikeSource, labels, seconds: float, *, stop_event: threading.Event | None = None, poll: float = 0.01):
