@@ -110,12 +110,14 @@ def accuracy() -> str:
     d = _json("accuracy.json")
     ss, tr, tm = d["single_session"], d["transfer"], d["transfer_meta"]
     full = d["verdict"]["ui_full_fraction"]
-    return (f"- Accuracy on simulated sessions ({d['suite']} budget, [docs/accuracy.md](docs/accuracy.md), run before the "
-            f"current training recipe): single session POSSM-GRU {ss['possm_gru']['r2_mean']:.3f} vs binned GRU "
+    cls, ctc = d["classification"], d["ctc"]
+    return (f"- Accuracy on simulated sessions ({d['suite']} budget, [docs/accuracy.md](docs/accuracy.md), every POSSM fit "
+            f"with `possm train`'s recipe): single session POSSM-GRU {ss['possm_gru']['r2_mean']:.3f} vs binned GRU "
             f"{ss['gru_binned']['r2_mean']:.3f} / MLP {ss['mlp']['r2_mean']:.3f} / Wiener {ss['wiener']['r2_mean']:.3f}; on "
             f"held-out sessions with all calibration trials, unit identification {tr['ui'][full]:.3f} training "
             f"{100 * tm['ui_trainable_fraction']:.2f} % of the parameters, vs fine-tuning {tr['ft'][full]:.3f} and "
-            f"training from scratch {tr['scratch'][full]:.3f}.\n")
+            f"training from scratch {tr['scratch'][full]:.3f}. Classification accuracy {cls['possm']:.3f} vs binned GRU "
+            f"{cls['gru_binned']:.3f}; CTC token error rate (lower is better) {ctc['possm']:.3f} vs {ctc['gru_binned']:.3f}.\n")
 
 
 def chewie_wiener() -> str:
