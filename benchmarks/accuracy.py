@@ -28,7 +28,7 @@ Sections (the protocol; the docs/accuracy.md report repeats it):
 2. ``transfer``: a multi-session POSSM is pretrained on sessions 0..n-1 of subject ``m0``. It is then
    adapted to held-out sessions of ``m0`` and to sessions of a held-out subject ``m1`` (other tuning
    statistics, unit counts and neuron pool) by unit identification (``ui``: only the new unit and
-   session embeddings train) and full fine-tuning (``ft``: UI, then everything at lr/10), against a
+   session embeddings train) and full fine-tuning (``ft``: UI, then everything at the recipe's lr), against a
    small POSSM trained from scratch (``scratch``) and a Wiener filter (``wiener``), at several
    fractions of the calibration session's training trials (the first trials in time; the test trials,
    the last 20 %, stay fixed).

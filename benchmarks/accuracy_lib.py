@@ -225,6 +225,7 @@ def adapt_possm(suite: Suite, checkpoint: str, sessions, *, mode: str, seed: int
     """The pretrained model adapted to ``sessions`` by UI or FT (``finetune``)."""
     from possm_plugin.model.checkpoint import load_checkpoint
     from possm_plugin.training.finetune import add_sessions, finetune
+    from possm_plugin.training.recipe import FT_LR_SCALE
 
     _seed_all(seed)
     model, _ = load_checkpoint(checkpoint)
@@ -235,7 +236,7 @@ def adapt_possm(suite: Suite, checkpoint: str, sessions, *, mode: str, seed: int
     if mode == "ft":
         epochs = max(2, epochs)
     res = finetune(model, sessions, mode=mode, epochs=epochs, ui_epochs=None if mode == "ui" else max(1, epochs // 2),
-                   lr=suite.ui_lr, ft_lr=suite.lr / 10, batch_size=suite.batch_size, seed=seed, train_config=cfg)
+                   lr=suite.ui_lr, ft_lr=suite.lr * FT_LR_SCALE, batch_size=suite.batch_size, seed=seed, train_config=cfg)
     from possm_plugin.training.train import primary_metric
 
     scores = [primary_metric(h["valid"]) for h in res["history"]]  # UI epochs, then FT's

@@ -9,7 +9,7 @@ from possm_plugin.cli.formatter import HelpFormatter
 from possm_plugin.data.session import load_sessions
 from possm_plugin.model.checkpoint import load_checkpoint, save_checkpoint
 from possm_plugin.training.finetune import finetune
-from possm_plugin.training.recipe import UI_LR, recipe_config
+from possm_plugin.training.recipe import FT_LR_SCALE, UI_LR, recipe_config
 from possm_plugin.training.train import RECIPE
 
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's, at least 600 optimiser steps per stage)")
     p.add_argument("--ui-epochs", type=int, help="ft: unit-identification epochs before unfreezing (default: half)")
     p.add_argument("--lr", type=float, default=UI_LR, help="learning rate of unit identification")
-    p.add_argument("--ft-lr", type=float, help="learning rate once unfrozen (default: the recipe's lr / 10)")
+    p.add_argument("--ft-lr", type=float, help="learning rate once unfrozen (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"], help="windows per batch")
     p.add_argument("--train-latents", action="store_true", help="train the latent queries too (changes old sessions)")
     p.add_argument("--seed", type=int, default=0)
@@ -41,7 +41,7 @@ def run(args) -> int:
     cfg = recipe_config(seed=args.seed, progress=not args.no_progress, **({"min_steps": 0} if args.epochs else {}))
     epochs = args.epochs or (cfg.epochs if args.mode == "ui" else 2 * cfg.epochs)
     res = finetune(model, sessions, mode=args.mode, epochs=epochs, ui_epochs=args.ui_epochs, lr=args.lr,
-                   ft_lr=args.ft_lr or cfg.lr / 10, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+                   ft_lr=args.ft_lr or cfg.lr * FT_LR_SCALE, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                    train_latents=args.train_latents, out_dir=out, train_config=cfg)
     path = save_checkpoint(model, out / "model", default_session=sessions[0].session_id,
                            meta={"finetune": {k: v for k, v in res.items() if k != "history"}, "base": doc.get("meta", {})})

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import hashlib
 import inspect
 import json
@@ -359,4 +360,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through torchrun in tests
+    faulthandler.enable()  # a native abort (gloo, a library's thread) prints every thread's Python stack first
     sys.exit(main())

@@ -20,6 +20,7 @@ from possm_plugin.data.identity import check_sessions
 from possm_plugin.data.session import Session
 from possm_plugin.errors import ConfigError
 from possm_plugin.model.possm import POSSM
+from possm_plugin.training.recipe import FT_LR_SCALE
 from possm_plugin.training.train import TrainConfig, fit
 
 __all__ = ["finetune", "add_sessions", "ui_parameters"]
@@ -77,7 +78,8 @@ def finetune(
         mode: ``ui`` (unit identification) or ``ft`` (UI for ``ui_epochs``, then all parameters).
         epochs: total epochs (for ``ft``: UI epochs + full epochs).
         ui_epochs: UI epochs before unfreezing in ``ft`` mode (default: half of ``epochs``).
-        lr: learning rate of UI; ``ft_lr`` of the full stage (default lr / 10).
+        lr: learning rate of UI; ``ft_lr`` of the full stage (default: the training config's lr x
+            :data:`~possm_plugin.training.recipe.FT_LR_SCALE`).
         out_dir: write checkpoints and metrics there.
 
     Raises:
@@ -133,7 +135,7 @@ def finetune(
     }
     best = ui["best"]
     if mode == "ft":
-        cfg_ft = dataclasses.replace(cfg, epochs=epochs - ui_epochs, lr=ft_lr or lr / 10)
+        cfg_ft = dataclasses.replace(cfg, epochs=epochs - ui_epochs, lr=ft_lr or base.lr * FT_LR_SCALE)
         ft = fit(model, train_sessions, cfg=cfg_ft, valid_sessions=valid_sessions, out_dir=out / "ft" if out else None)
         result["ft"] = ft["best"]
         result["history"] = ui["history"] + ft["history"]

@@ -220,7 +220,8 @@ def _torchrun_two_ranks(config: Path, data: Path, out: Path) -> dict:
         pytest.fail("2-rank pretraining did not finish in 55 s")
     # the failing child's traceback sits before torchrun's own report: show both
     failed = [ln for ln in stderr.splitlines() if "Error" in ln or "Traceback" in ln or "rank" in ln]
-    assert proc.returncode == 0, "\n".join(failed[-60:]) + "\n---\n" + stderr[-3000:]
+    # stdout tells whether rank 0 got through (its JSON line comes after the group is torn down)
+    assert proc.returncode == 0, "\n".join(failed[-60:]) + "\n---\n" + stderr[-6000:] + "\n--- stdout:\n" + stdout[-2000:]
     assert time.monotonic() - t0 < 60
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, stdout  # only rank 0 reports
