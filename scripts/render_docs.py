@@ -95,6 +95,8 @@ def real_data() -> str:
     ui = [transfer[s]["ui"]["0.25"]["r2_mean"] for s in sids]
     wi = [transfer[s]["wiener"]["0.25"]["r2_mean"] for s in sids]
     sc = [transfer[s]["scratch"]["0.25"]["r2_mean"] for s in sids]
+    ft = {fr: [transfer[s]["ft"][fr]["r2_mean"] for s in sids] for fr in ("0.1", "0.25")}
+    sc10 = [transfer[s]["scratch"]["0.1"]["r2_mean"] for s in sids]
     possm = [single[s]["possm"]["r2_mean"] for s in sids]
     wiener = [single[s]["wiener"]["r2_mean"] for s in sids]
     return (f"- Real recordings ({len(sids)} bundled Chewie M1 sessions, {d['budget']['folds']}-fold cross-validation by trials, "
@@ -103,7 +105,9 @@ def real_data() -> str:
             f"{both(f'{x:.3f}' for x in wiener)}, above it on {both(won)} folds"
             + (f", and above {', '.join(MODEL_NAMES.get(m, m) for m in others)}" if above_all else "") + ". With 25 % of the training trials, unit "
             f"identification after pretraining on the other day gives {both(f'{x:.3f}' for x in ui)} against Wiener "
-            f"{both(f'{x:.3f}' for x in wi)} and POSSM from scratch {both(f'{x:.3f}' for x in sc)}.\n")
+            f"{both(f'{x:.3f}' for x in wi)} and POSSM from scratch {both(f'{x:.3f}' for x in sc)}; full fine-tuning after "
+            f"that pretraining gives {both(f'{x:.3f}' for x in ft['0.25'])} (at 10 %: {both(f'{x:.3f}' for x in ft['0.1'])} against "
+            f"scratch {both(f'{x:.3f}' for x in sc10)}).\n")
 
 
 def accuracy() -> str:
