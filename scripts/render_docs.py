@@ -45,13 +45,13 @@ def _json(name: str) -> dict:
     return json.loads((DOCS / name).read_text())
 
 
-def _bundled_checkpoint() -> tuple[dict, int]:
-    """The bundled checkpoint's YAML and its parameter count, read from the safetensors header (no torch)."""
+def _bundled_checkpoint(name: str = "default") -> tuple[dict, int]:
+    """A bundled checkpoint's YAML and its parameter count, read from the safetensors header (no torch)."""
     import yaml
 
     assets = ROOT / "possm_plugin" / "assets"
-    doc = yaml.safe_load((assets / "default.yaml").read_text())
-    raw = (assets / "default.safetensors").read_bytes()
+    doc = yaml.safe_load((assets / f"{name}.yaml").read_text())
+    raw = (assets / f"{name}.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
     count = 0
@@ -131,15 +131,15 @@ def chewie_wiener() -> str:
             f"[real-data.md](real-data.md)) reaches R2 {per} (mean over x and y).\n")
 
 
-def default_checkpoint() -> str:
-    doc, n_params = _bundled_checkpoint()
+def default_checkpoint(name: str = "default", what: str = "simulated motor-cortex sessions") -> str:
+    doc, n_params = _bundled_checkpoint(name)
     meta, names = doc["meta"], doc["model"]["output_names"]
     valid, units = meta["valid"], doc["session_units"]
     per = "; ".join(f"`{s}` {r:.3f} ({', '.join(f'{n} {x:.3f}' for n, x in zip(names, valid['r2_per_output'][s]))})"
                     for s, r in valid["r2_per_session"].items())
     sessions = " and ".join(f"`{s}`, {len(units[s])} units" for s in doc["session_ids"])
     return (f"A small {doc['model']['backbone'].upper()} POSSM ({n_params / 1e6:.2f}M parameters) trained on "
-            f"{len(doc['session_ids'])} simulated motor-cortex sessions ({sessions}), default session `{doc['default_session']}`. "
+            f"{len(doc['session_ids'])} {what} ({sessions}), default session `{doc['default_session']}`. "
             f"Its YAML records the run: {meta['train']['epochs']} epochs, best validation R2 {valid['r2']:.3f} at epoch "
             f"{meta['epoch']} (mean over {' and '.join(names)} and over the sessions, the held-out last "
             f"{100 * meta['train']['valid_fraction']:g} % of trials decoded continuously): {per}.\n")
@@ -175,6 +175,7 @@ def accuracy_dev() -> str:
 
 BLOCKS = {"checkpoint": checkpoint, "real-data-dev": real_data_dev, "accuracy-dev": accuracy_dev, "demo": demo, "real-data": real_data, "accuracy": accuracy,
           "default-checkpoint": default_checkpoint, "chewie-wiener": chewie_wiener,
+          "chewie-checkpoint": lambda: default_checkpoint("chewie", "bundled real motor-cortex recordings"),
           "latency": lambda: lat.readme_latency(_json("latency.json"), _json("brand-latency.json")),
           "lsl-compute": _latency(lat.lsl_compute), "lsl-end-to-end": _latency(lat.lsl_end_to_end),
           "lsl-findings": _latency(lat.lsl_findings), "model-sizes": _latency(lat.model_sizes),

@@ -1,13 +1,19 @@
-"""``possm finetune --checkpoint CKPT --data DIR --mode ui|ft``: adapt a model to new sessions."""
+"""``possm finetune --checkpoint CKPT --data DIR --mode ui|ft``: adapt a model to new sessions.
+
+Without ``--checkpoint`` it starts from the bundled checkpoint that fits the sessions
+(:func:`base_checkpoint`): the one pretrained on the bundled real recordings (``chewie``) for real
+regression sessions imported from bins or NWB with its outputs, the simulated one (``default``) otherwise.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from possm_plugin.cli.formatter import HelpFormatter
 from possm_plugin.data.session import load_sessions
-from possm_plugin.model.checkpoint import load_checkpoint, save_checkpoint
+from possm_plugin.model.checkpoint import bundled_checkpoint, load_checkpoint, read_checkpoint_config, save_checkpoint
 from possm_plugin.training.finetune import finetune
 from possm_plugin.training.recipe import FT_LR_SCALE, UI_LR, recipe_config
 from possm_plugin.training.train import RECIPE
@@ -16,7 +22,8 @@ from possm_plugin.training.train import RECIPE
 def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help="adapt a checkpoint to new sessions (unit identification or full fine-tuning)",
                        formatter_class=HelpFormatter)
-    p.add_argument("--checkpoint", help="checkpoint to start from (default: the bundled one)")
+    p.add_argument("--checkpoint", help="checkpoint to start from, a path or a bundled name (default: `chewie`, pretrained on "
+                   "the bundled real recordings, for imported real sessions with its outputs; else `default`)")
     p.add_argument("--data", required=True, help="directory (or .npz file) of the new sessions")
     p.add_argument("--mode", choices=["ui", "ft"], default="ui", help="ui: only new unit/session embeddings; ft: ui, then all")
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's, at least 600 optimiser steps per stage)")
@@ -32,10 +39,24 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def base_checkpoint(sessions) -> tuple[str, str]:
+    """(bundled checkpoint name, why) to start from when none is given: ``chewie`` (pretrained on the
+    bundled real recordings) when every session is a real regression session imported from bins or NWB
+    (``meta["import"]``) with the same outputs as it; ``default`` (simulated sessions) otherwise."""
+    names = list(read_checkpoint_config(bundled_checkpoint("chewie"))["model"]["output_names"])
+    if all(s.task == "regression" and "import" in s.meta and list(s.target_names) == names for s in sessions):
+        return "chewie", f"real recordings imported with outputs {names}"
+    return "default", "not every session is an imported real regression recording with outputs " + str(names)
+
+
 def run(args) -> int:
-    model, doc = load_checkpoint(args.checkpoint)
-    model.train()
     sessions = load_sessions(args.data)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint, why = base_checkpoint(sessions)
+        print(f"possm finetune: starting from the bundled checkpoint {checkpoint!r} ({why}; --checkpoint to choose)", file=sys.stderr)
+    model, doc = load_checkpoint(checkpoint)
+    model.train()
     out = Path(args.out)
     # the recipe (possm train's defaults) under the flags; --epochs asks for exactly that many epochs
     cfg = recipe_config(seed=args.seed, progress=not args.no_progress, **({"min_steps": 0} if args.epochs else {}))
@@ -47,6 +68,7 @@ def run(args) -> int:
                            meta={"finetune": {k: v for k, v in res.items() if k != "history"}, "base": doc.get("meta", {})})
     summary = {k: v for k, v in res.items() if k != "history"}
     summary["checkpoint"] = str(path)
+    summary["base_checkpoint"] = str(checkpoint)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -74,6 +74,13 @@ def _text(d: dict, *, units: bool) -> str:
         f"units        {d['n_units']} in the vocabulary",
         f"sessions     {d['n_sessions']}, default {d['default_session']!r}",
     ]
+    meta = d.get("meta") or {}
+    valid = meta.get("valid") or {}
+    if isinstance(valid, dict) and valid:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in valid.items() if isinstance(v, (int, float)))
+        lines.append(f"trained      on the {d['n_sessions']} session(s) below; best validation epoch {meta.get('epoch')}: {scores}")
+    elif "finetune" in meta:
+        lines.append(f"trained      fine-tuned ({meta['finetune'].get('mode')}) from a checkpoint on other sessions")
     for s in d["sessions"]:
         ids = s["unit_ids"]
         shown = ", ".join(ids) if units else (", ".join(ids[:3]) + (", ..." if len(ids) > 3 else ""))

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inlet", metavar="NAME", default=None, help="name of the LSL spike stream to decode")
     p.add_argument("--predicate", default=None, help="any LSL XPath predicate selecting the stream (with or instead of --inlet)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint (.yaml/.safetensors/stem/directory); default: the bundled one")
+    p.add_argument("--checkpoint", default=None, help="checkpoint (.yaml/.safetensors/stem/directory, or a bundled name: default, chewie); default: the bundled `default`")
     p.add_argument("--outlet", default="possm", help="name of the LSL outlet for the predictions")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of torch and BLAS (one stream decodes fastest on 1)")

@@ -23,7 +23,8 @@ from possm_plugin.errors import CheckpointError, PossmError
 from possm_plugin.model.config import ModelConfig
 from possm_plugin.model.possm import POSSM
 
-__all__ = ["save_checkpoint", "write_safetensors", "load_checkpoint", "read_checkpoint_config", "resolve_checkpoint", "default_checkpoint", "FORMAT_VERSION"]
+__all__ = ["save_checkpoint", "write_safetensors", "load_checkpoint", "read_checkpoint_config", "resolve_checkpoint", "default_checkpoint", "bundled_checkpoint",
+           "BUNDLED_CHECKPOINTS", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _WEIGHTS, _CONFIG = ".safetensors", ".yaml"
@@ -38,15 +39,32 @@ def _version() -> str:
         return "0+unknown"
 
 
+#: checkpoints bundled with the package, by the name that ``--checkpoint NAME`` and ``possm info NAME``
+#: accept (docs/default-checkpoint.md says how each was made): ``default`` on simulated sessions (what
+#: the live nodes and the demo use), ``chewie`` on the two bundled real recordings (the start of
+#: ``possm finetune`` on real binned sessions)
+BUNDLED_CHECKPOINTS = ("default", "chewie")
+
+
+def bundled_checkpoint(name: str) -> Path:
+    """The YAML of the bundled checkpoint ``name`` (one of :data:`BUNDLED_CHECKPOINTS`)."""
+    if name not in BUNDLED_CHECKPOINTS:
+        raise CheckpointError(f"no bundled checkpoint {name!r}; the bundled ones are {', '.join(BUNDLED_CHECKPOINTS)}")
+    return Path(__file__).resolve().parents[1] / "assets" / f"{name}.yaml"
+
+
 def default_checkpoint() -> Path:
     """The checkpoint bundled with the package (see docs/default-checkpoint.md for how it was made)."""
-    return Path(__file__).resolve().parents[1] / "assets" / "default.yaml"
+    return bundled_checkpoint("default")
 
 
 def resolve_checkpoint(path: str | os.PathLike | None) -> tuple[Path, Path]:
     """``(weights, config)`` paths from a ``.safetensors`` file, a ``.yaml`` file, a stem, or a
-    directory holding one checkpoint (``best`` preferred, then ``last``). None gives the default."""
+    directory holding one checkpoint (``best`` preferred, then ``last``), or the name of a bundled one
+    (:data:`BUNDLED_CHECKPOINTS`) where no such path exists. None gives the default."""
     p = default_checkpoint() if path is None else Path(path)
+    if path is not None and str(path) in BUNDLED_CHECKPOINTS and not p.exists():
+        p = bundled_checkpoint(str(path))
     if p.is_dir():
         for stem in ("best", "last", "model", "default"):
             if (p / f"{stem}{_CONFIG}").is_file():
