@@ -51,6 +51,8 @@ def test_finetune_without_checkpoint_adapts_the_real_data_checkpoint(binned_file
     pretrained, _ = load_checkpoint("chewie")
     assert adapted.session_vocab.ids == [*pretrained.session_vocab.ids, "lab-day1"]
     assert {"chewie-20131003", "chewie-20131219"} <= set(pretrained.session_vocab.ids)
+    assert main(["info", str(tmp_path / "out" / "model.yaml")]) == 0
+    assert "trained      fine-tuned (ui) from a checkpoint on other sessions" in capsys.readouterr().out
 
 
 def test_bundled_checkpoints_resolve_by_name_and_info_says_what_they_were_trained_on(capsys):
